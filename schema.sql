@@ -1,0 +1,165 @@
+-- slotlog: the whole database schema. Idempotent: applied by `slotlog migrate` and at every start.
+-- Sections: event store · tenants and keys · idempotency · projections' checkpoints · read models.
+-- Serialised by an advisory lock so that several processes starting at once do not race on DDL.
+SELECT pg_advisory_lock(7320001);
+
+-- ───────────────────────────── event store ─────────────────────────────
+
+-- One row per stream: its current version. Appends compare-and-set this row, which both
+-- checks the expected version and serialises concurrent writers of the same stream on the row lock.
+CREATE TABLE IF NOT EXISTS streams (
+    stream_id text PRIMARY KEY,
+    version   bigint NOT NULL CHECK (version >= 1)
+);
+
+-- The log. `position` is global and increasing but NOT gapless and NOT in commit order (a bigserial
+-- is drawn at insert time, the row becomes visible at commit). Subscribers therefore never cursor on
+-- `position` alone: they read only rows whose `transaction_id` is below the snapshot's xmin (every
+-- transaction below it has ended, so no row can still appear behind the cursor) and order by
+-- (transaction_id, position). See service/store.py read_all.
+CREATE TABLE IF NOT EXISTS events (
+    position       bigserial PRIMARY KEY,
+    transaction_id xid8        NOT NULL DEFAULT pg_current_xact_id(),
+    stream_id      text        NOT NULL,
+    version        bigint      NOT NULL CHECK (version >= 1),
+    tenant_id      text        NOT NULL,
+    type           text        NOT NULL,
+    data           jsonb       NOT NULL,
+    metadata       jsonb       NOT NULL,
+    recorded_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+    CONSTRAINT events_stream_version UNIQUE (stream_id, version)
+);
+CREATE INDEX IF NOT EXISTS events_transaction_order ON events (transaction_id, position);
+CREATE INDEX IF NOT EXISTS events_tenant_order ON events (tenant_id, transaction_id, position);
+
+-- Events are facts: the database itself refuses to change or remove them.
+CREATE OR REPLACE FUNCTION slotlog_events_are_immutable() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'events are immutable: % on events is refused', TG_OP
+        USING ERRCODE = 'SL002';
+END $$;
+CREATE OR REPLACE TRIGGER events_no_update BEFORE UPDATE ON events
+    FOR EACH STATEMENT EXECUTE FUNCTION slotlog_events_are_immutable();
+CREATE OR REPLACE TRIGGER events_no_delete BEFORE DELETE ON events
+    FOR EACH STATEMENT EXECUTE FUNCTION slotlog_events_are_immutable();
+CREATE OR REPLACE TRIGGER events_no_truncate BEFORE TRUNCATE ON events
+    FOR EACH STATEMENT EXECUTE FUNCTION slotlog_events_are_immutable();
+
+-- Append events to one or more streams atomically, in one round trip.
+--   p_streams / p_expected: one entry per stream, sorted by stream id by the caller (lock order,
+--     so that two multi-stream appends never deadlock). Expected: >= 0 exact version (0 = the
+--     stream must not exist), -1 no stream, -2 any, -3 stream exists.
+--   p_event_streams / p_types / p_data / p_metadata: one entry per event, in append order.
+-- Returns one row per event: (stream_id, version, position), in append order.
+-- A mismatch raises SQLSTATE SL001 with DETAIL = {"stream", "expected", "actual"} (actual 0 when
+-- the stream does not exist) and, being an exception, writes nothing to any stream.
+-- Never ON CONFLICT DO NOTHING on events: a duplicate (stream_id, version) must fail loudly.
+CREATE OR REPLACE FUNCTION slotlog_append(
+    p_tenant text,
+    p_streams text[],
+    p_expected bigint[],
+    p_event_streams text[],
+    p_types text[],
+    p_data jsonb[],
+    p_metadata jsonb[]
+) RETURNS TABLE (stream_id text, version bigint, event_position bigint)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    i int;
+    n_streams int := coalesce(array_length(p_streams, 1), 0);
+    n_events int := coalesce(array_length(p_event_streams, 1), 0);
+    s text;
+    expected bigint;
+    added bigint;
+    new_version bigint;
+    actual bigint;
+    bases jsonb := '{}'::jsonb;
+    versions bigint[] := '{}';
+    next_version jsonb;
+BEGIN
+    FOR i IN 1 .. n_streams LOOP
+        s := p_streams[i];
+        expected := p_expected[i];
+        SELECT count(*) INTO added FROM unnest(p_event_streams) AS e(sid) WHERE e.sid = s;
+        new_version := NULL;
+        IF expected = -2 THEN
+            INSERT INTO streams AS st (stream_id, version) VALUES (s, added)
+            ON CONFLICT ON CONSTRAINT streams_pkey DO UPDATE SET version = st.version + added
+            RETURNING st.version INTO new_version;
+        ELSIF expected = -3 THEN
+            UPDATE streams AS st SET version = st.version + added WHERE st.stream_id = s
+            RETURNING st.version INTO new_version;
+        ELSIF expected <= 0 THEN
+            INSERT INTO streams AS st (stream_id, version) VALUES (s, added)
+            ON CONFLICT ON CONSTRAINT streams_pkey DO NOTHING
+            RETURNING st.version INTO new_version;
+        ELSE
+            UPDATE streams AS st SET version = expected + added
+            WHERE st.stream_id = s AND st.version = expected
+            RETURNING st.version INTO new_version;
+        END IF;
+        IF new_version IS NULL THEN
+            SELECT st.version INTO actual FROM streams AS st WHERE st.stream_id = s;
+            RAISE EXCEPTION 'wrong expected version for stream %', s
+                USING ERRCODE = 'SL001',
+                      DETAIL = jsonb_build_object('stream', s, 'expected', expected,
+                                                  'actual', coalesce(actual, 0))::text;
+        END IF;
+        bases := bases || jsonb_build_object(s, new_version - added);
+    END LOOP;
+
+    FOR i IN 1 .. n_events LOOP
+        s := p_event_streams[i];
+        next_version := bases -> s;
+        IF next_version IS NULL THEN
+            RAISE EXCEPTION 'event % names stream % without an expected version', i, s
+                USING ERRCODE = 'SL003';
+        END IF;
+        versions := versions || ((next_version)::bigint + 1);
+        bases := bases || jsonb_build_object(s, (next_version)::bigint + 1);
+    END LOOP;
+
+    RETURN QUERY
+    INSERT INTO events AS ev (stream_id, version, tenant_id, type, data, metadata)
+    SELECT e.sid, e.ver, p_tenant, e.typ, e.dat, e.met
+    FROM unnest(p_event_streams, versions, p_types, p_data, p_metadata)
+         WITH ORDINALITY AS e(sid, ver, typ, dat, met, ord)
+    ORDER BY e.ord
+    RETURNING ev.stream_id, ev.version, ev.position;
+END $$;
+
+-- ───────────────────────────── tenants and keys ─────────────────────────────
+
+CREATE TABLE IF NOT EXISTS tenants (
+    tenant_id  text PRIMARY KEY,
+    name       text        NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE UNIQUE INDEX IF NOT EXISTS tenants_name ON tenants (name);
+
+-- Keys are stored as SHA-256 digests; the key itself is shown once, at creation.
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_hash   bytea PRIMARY KEY,
+    key_id     text        NOT NULL UNIQUE,
+    tenant_id  text        NOT NULL REFERENCES tenants (tenant_id),
+    kind       text        NOT NULL CHECK (kind IN ('secret', 'public')),
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- ───────────────────────────── idempotency ─────────────────────────────
+
+-- The first answer to a command sent with an Idempotency-Key, written in the same transaction as
+-- the command's events, so a retry either finds the answer or finds no trace of the first try.
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    tenant_id    text        NOT NULL,
+    key          text        NOT NULL,
+    request_hash bytea       NOT NULL,
+    status       int         NOT NULL,
+    body         bytea       NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, key)
+);
+
+SELECT pg_advisory_unlock(7320001);

@@ -1,0 +1,1 @@
+"""slotlog: an async, event-sourced booking backend on PostgreSQL."""

@@ -1,0 +1,151 @@
+"""create_app(): routes, lifespan (pool, logging, background workers), error rendering.
+
+The only wiring place: endpoints live in service/api/*, the domain in service/domain/*, the store in
+service/store.py. Errors of the ApiError family become `{"error": {...}}` answers; a lost database
+connection becomes 503 `unavailable` with Retry-After; anything else becomes a 500 with no trace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import msgspec
+import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.db import create_pool
+from service.errors import ApiError, Unavailable
+from service.logs import configure_logging, log
+
+_JSON = msgspec.json.Encoder()
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(_JSON.encode(body), status, headers, media_type="application/json")
+
+
+def error_response(exc: ApiError, headers: dict[str, str] | None = None) -> Response:
+    body = {"error": {"code": exc.code, "message": exc.message, "details": exc.details}}
+    return json_response(body, exc.status, headers)
+
+
+class RequestContext:
+    """Binds a request id (the client's `X-Request-Id` if sane, else a new one) to every log line
+    of the request and returns it as a header. A pure ASGI middleware: no body buffering."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if 0 < len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        header = (b"x-request-id", request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+async def healthz(request: Request) -> Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    pool: asyncpg.Pool = request.app.state.pool
+    started = time.perf_counter()
+    try:
+        await pool.fetchval("SELECT 1", timeout=2)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        log.warning("readyz.database_unreachable", error=str(exc))
+        return error_response(
+            Unavailable("the database is unreachable"), headers={"Retry-After": "1"}
+        )
+    return json_response(
+        {"status": "ok", "database": {"ok": True, "latency_ms": (time.perf_counter() - started) * 1e3}}
+    )
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    headers = {"Retry-After": "1"} if isinstance(exc, Unavailable) else None
+    return error_response(exc, headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "error")
+    err = ApiError(str(exc.detail))
+    err.status, err.code = exc.status_code, code
+    return error_response(err, dict(exc.headers or {}))
+
+
+async def _database_down(request: Request, exc: Exception) -> Response:
+    log.warning("database.unavailable", error=str(exc))
+    return error_response(
+        Unavailable("the database is unreachable; retry shortly"), {"Retry-After": "1"}
+    )
+
+
+async def _internal(request: Request, exc: Exception) -> Response:
+    log.exception("request.failed")
+    err = ApiError("internal error; the request id names it in the server log")
+    err.status, err.code = 500, "internal_error"
+    return error_response(err)
+
+
+def create_app(database_url: str | None = None) -> Starlette:
+    configure_logging()
+    url = database_url or os.environ.get("DATABASE_URL")
+    if not url:
+        raise RuntimeError("DATABASE_URL is not set (slotlog serve sets it for the embedded server)")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.pool = await create_pool(url)
+        log.info("app.started")
+        try:
+            yield
+        finally:
+            await app.state.pool.close()
+
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    for exc_type in (OSError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError):
+        app.add_exception_handler(exc_type, _database_down)
+    app.add_exception_handler(Exception, _internal)
+    app.add_middleware(RequestContext)
+    return app

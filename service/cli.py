@@ -1,0 +1,99 @@
+"""The `slotlog` command: serve | migrate | tenants create | replay | history.
+
+`serve` with no DATABASE_URL starts the embedded PostgreSQL under SLOTLOG_DATA_DIR, applies the
+schema, makes sure a tenant exists, and runs uvicorn; on exit (SIGTERM, Ctrl-C) it stops the
+embedded server so no postgres process is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from service.db import EmbeddedPostgres, data_dir, ensure_database, migrate
+
+
+def _database_url() -> tuple[str, EmbeddedPostgres | None]:
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        return url, None
+    embedded = EmbeddedPostgres(data_dir())
+    url = asyncio.run(ensure_database(embedded.admin_url))
+    os.environ["DATABASE_URL"] = url
+    return url, embedded
+
+
+def _die_with_parent() -> None:
+    # `make run` is our parent: if it is killed, take us (and so the embedded server) down too.
+    if sys.platform.startswith("linux"):
+        with_libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        with_libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    _die_with_parent()
+    # SIGTERM becomes KeyboardInterrupt in this (parent) process, so `finally` stops postgres
+    # even when uvicorn runs several worker processes.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    url, embedded = _database_url()
+    try:
+        asyncio.run(migrate(url))
+        from service.bootstrap import ensure_startup_tenant
+
+        asyncio.run(ensure_startup_tenant(url))
+        print(f"slotlog: serving on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
+        uvicorn.run(
+            "service.app:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=5,
+        )
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    url, embedded = _database_url()
+    try:
+        asyncio.run(migrate(url))
+        print("schema applied", file=sys.stderr)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slotlog", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve the HTTP API")
+    serve.add_argument("--host", default=os.environ.get("SLOTLOG_HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("SLOTLOG_PORT", "8000")))
+    serve.add_argument("--workers", type=int, default=int(os.environ.get("SLOTLOG_WORKERS", "1")))
+    serve.set_defaults(func=cmd_serve)
+
+    mig = sub.add_parser("migrate", help="apply schema.sql (idempotent)")
+    mig.set_defaults(func=cmd_migrate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    sys.exit(args.func(args))

@@ -1,0 +1,228 @@
+"""The PostgreSQL event store: the only code that writes the `events` table.
+
+`append` commits events to one or more streams atomically in one round trip (the server function
+`slotlog_append` in schema.sql) with an expected version per stream; `read_stream(s)` loads streams
+for deciding; `read_all` tails the log for subscribers without ever skipping an event.
+
+Why the transaction-id guard in `read_all`: `position` comes from a sequence drawn at insert time,
+but rows become visible at commit, so a transaction holding position 10 may commit after one holding
+position 11. A reader that had advanced its cursor past 11 would never see 10. Locking the table to
+serialise writers (pyeventsourcing) caps throughput at one writer; gap timeouts (Marten, Eventuous)
+skip events under load. Instead every row records its writer's transaction id (xid8), and readers
+only take rows whose transaction id is below the xmin of their snapshot: every transaction below
+xmin has ended, so no row can later appear below the cursor. Rows are ordered and cursored by
+(transaction_id, position). The price: one long-running writing transaction holds subscribers back
+(exposed as the `oldest open transaction` metric).
+
+Imports only asyncpg, msgspec and service.events; nothing here knows about HTTP or the domain rules.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, Protocol
+
+import asyncpg
+import msgspec
+
+from service.events import META_DECODER, AnyEvent, Event, EventMeta, decode, encode, type_name
+
+ANY: Final = -2
+NO_STREAM: Final = -1
+STREAM_EXISTS: Final = -3
+
+_META_ENCODER = msgspec.json.Encoder()
+
+
+class Executor(Protocol):
+    """An asyncpg connection or pool: anything that can run a query."""
+
+    async def fetch(self, query: str, *args: Any) -> list[Any]: ...
+
+
+class ConcurrencyError(Exception):
+    """A stream was not at the expected version; nothing was written."""
+
+    def __init__(self, stream: str, expected: int, actual: int) -> None:
+        self.stream = stream
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"stream {stream!r}: expected {describe_expected(expected)}, actual version {actual}"
+        )
+
+
+def describe_expected(expected: int) -> str:
+    return {ANY: "any", NO_STREAM: "no stream", STREAM_EXISTS: "stream exists"}.get(
+        expected, f"version {expected}"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AppendStream:
+    """Events for one stream, appended only if the stream is at `expected`."""
+
+    stream_id: str
+    expected: int
+    events: Sequence[Event]
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    stream_id: str
+    version: int
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    position: int
+    transaction_id: int
+    stream_id: str
+    version: int
+    tenant_id: str
+    event: AnyEvent
+    metadata: EventMeta
+    recorded_at: datetime
+
+    @property
+    def type(self) -> str:
+        return type_name(self.event)
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        return Checkpoint(self.transaction_id, self.position)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Checkpoint:
+    """A subscriber's place in the log: the last (transaction_id, position) it has seen."""
+
+    transaction_id: int = 0
+    position: int = 0
+
+    def encode(self) -> str:
+        return f"{self.transaction_id}-{self.position}"
+
+    @classmethod
+    def parse(cls, text: str) -> Checkpoint:
+        """Parse `encode()`'s form; raises ValueError on anything else."""
+        tx, sep, pos = text.partition("-")
+        if not sep or not tx.isdigit() or not pos.isdigit():
+            raise ValueError(f"invalid cursor {text!r}")
+        return cls(int(tx), int(pos))
+
+
+START: Final = Checkpoint(0, 0)
+
+_APPEND = "SELECT stream_id, version, event_position FROM slotlog_append($1, $2, $3, $4, $5, $6, $7)"
+_COLUMNS = (
+    "position, transaction_id, stream_id, version, tenant_id, data::text AS data, "
+    "metadata::text AS metadata, recorded_at"
+)
+
+
+async def append(
+    db: Executor, streams: Sequence[AppendStream], meta: EventMeta
+) -> list[Appended]:
+    """Append atomically to every stream in `streams`, or to none.
+
+    Raises ConcurrencyError (naming the stream, the expected and the actual version) when any
+    stream is not at its expected version. Returns one Appended per event, in order.
+    """
+    ordered = sorted(streams, key=lambda s: s.stream_id)
+    if len({s.stream_id for s in ordered}) != len(ordered):
+        raise ValueError("a stream may appear only once in one append")
+    meta_json = _META_ENCODER.encode(meta).decode()
+    event_streams: list[str] = []
+    types: list[str] = []
+    data: list[str] = []
+    for s in streams:
+        for e in s.events:
+            event_streams.append(s.stream_id)
+            types.append(type_name(e))
+            data.append(encode(e))
+    try:
+        rows = await db.fetch(
+            _APPEND,
+            meta.tenant,
+            [s.stream_id for s in ordered],
+            [s.expected for s in ordered],
+            event_streams,
+            types,
+            data,
+            [meta_json] * len(data),
+        )
+    except asyncpg.PostgresError as exc:
+        raise _translate(exc) from None
+    return [Appended(r[0], r[1], r[2]) for r in rows]
+
+
+def _translate(exc: asyncpg.PostgresError) -> Exception:
+    if getattr(exc, "sqlstate", None) == "SL001":
+        detail = json.loads(exc.detail or "{}")
+        return ConcurrencyError(detail["stream"], int(detail["expected"]), int(detail["actual"]))
+    if isinstance(exc, asyncpg.UniqueViolationError):
+        # The (stream_id, version) backstop: a concurrent writer won the same version.
+        return ConcurrencyError("?", -1, -1)
+    return exc
+
+
+def _recorded(row: Any) -> RecordedEvent:
+    return RecordedEvent(
+        position=row["position"],
+        transaction_id=row["transaction_id"],
+        stream_id=row["stream_id"],
+        version=row["version"],
+        tenant_id=row["tenant_id"],
+        event=decode(row["data"]),
+        metadata=META_DECODER.decode(row["metadata"]),
+        recorded_at=row["recorded_at"],
+    )
+
+
+async def read_stream(db: Executor, stream_id: str) -> list[RecordedEvent]:
+    """Every event of one stream, oldest first."""
+    rows = await db.fetch(
+        f"SELECT {_COLUMNS} FROM events WHERE stream_id = $1 ORDER BY version", stream_id
+    )
+    return [_recorded(r) for r in rows]
+
+
+async def read_streams(db: Executor, stream_ids: Sequence[str]) -> dict[str, list[RecordedEvent]]:
+    """Every event of several streams in one round trip; a missing stream maps to []."""
+    result: dict[str, list[RecordedEvent]] = {s: [] for s in stream_ids}
+    rows = await db.fetch(
+        f"SELECT {_COLUMNS} FROM events WHERE stream_id = ANY($1::text[]) "
+        "ORDER BY stream_id, version",
+        list(stream_ids),
+    )
+    for r in rows:
+        result[r["stream_id"]].append(_recorded(r))
+    return result
+
+
+async def read_all(
+    db: Executor, after: Checkpoint = START, limit: int = 1000, *, tenant: str | None = None
+) -> list[RecordedEvent]:
+    """Events after `after` in (transaction_id, position) order, never skipping one.
+
+    Only rows written by transactions that have ended before every transaction still running
+    (transaction_id < xmin of the current snapshot) are returned, so an event can never appear
+    later behind the returned cursor. With `tenant`, only that tenant's events.
+    """
+    tenant_clause = "AND tenant_id = $4" if tenant is not None else ""
+    args: list[Any] = [after.transaction_id, after.position, limit]
+    if tenant is not None:
+        args.append(tenant)
+    rows = await db.fetch(
+        f"SELECT {_COLUMNS} FROM events "
+        "WHERE (transaction_id, position) > ($1::xid8, $2) "
+        "AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) "
+        f"{tenant_clause} ORDER BY transaction_id, position LIMIT $3",
+        *args,
+    )
+    return [_recorded(r) for r in rows]

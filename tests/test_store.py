@@ -1,0 +1,268 @@
+"""Contract tests for the event store, against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+
+from service import store
+from service.events import (
+    BookingCancelled,
+    Customer,
+    EventMeta,
+    HoldExpired,
+    SlotHeld,
+    BookingPolicy,
+)
+from service.store import ANY, NO_STREAM, STREAM_EXISTS, AppendStream, ConcurrencyError
+
+META = EventMeta(tenant="t1", actor="test", request_id="r1")
+
+
+def cancelled(n: int = 0) -> BookingCancelled:
+    return BookingCancelled(booking_id=f"b{n}", by="owner", reason=f"reason {n}")
+
+
+async def append_one(db: store.Executor, stream: str, expected: int, n: int = 0) -> int:
+    appended = await store.append(db, [AppendStream(stream, expected, [cancelled(n)])], META)
+    return appended[-1].version
+
+
+async def versions(db: store.Executor, stream: str) -> list[int]:
+    return [e.version for e in await store.read_stream(db, stream)]
+
+
+class TestExpectedVersionModes:
+    async def test_no_stream_creates_and_then_refuses(self, pool: asyncpg.Pool) -> None:
+        assert await append_one(pool, "s", NO_STREAM) == 1
+        with pytest.raises(ConcurrencyError) as err:
+            await append_one(pool, "s", NO_STREAM)
+        assert (err.value.stream, err.value.expected, err.value.actual) == ("s", NO_STREAM, 1)
+        assert await versions(pool, "s") == [1]
+
+    async def test_exact_version_must_match(self, pool: asyncpg.Pool) -> None:
+        await append_one(pool, "s", NO_STREAM)
+        assert await append_one(pool, "s", 1) == 2
+        with pytest.raises(ConcurrencyError) as err:
+            await append_one(pool, "s", 1)
+        assert (err.value.expected, err.value.actual) == (1, 2)
+        assert await versions(pool, "s") == [1, 2]
+
+    async def test_exact_version_zero_means_the_stream_must_not_exist(
+        self, pool: asyncpg.Pool
+    ) -> None:
+        assert await append_one(pool, "s", 0) == 1
+        with pytest.raises(ConcurrencyError):
+            await append_one(pool, "s", 0)
+
+    async def test_exact_version_on_a_missing_stream_is_refused(self, pool: asyncpg.Pool) -> None:
+        with pytest.raises(ConcurrencyError) as err:
+            await append_one(pool, "missing", 3)
+        assert err.value.actual == 0
+        assert await versions(pool, "missing") == []
+
+    async def test_stream_exists_needs_an_existing_stream(self, pool: asyncpg.Pool) -> None:
+        with pytest.raises(ConcurrencyError) as err:
+            await append_one(pool, "s", STREAM_EXISTS)
+        assert err.value.actual == 0
+        await append_one(pool, "s", NO_STREAM)
+        assert await append_one(pool, "s", STREAM_EXISTS) == 2
+
+    async def test_any_appends_whatever_the_version(self, pool: asyncpg.Pool) -> None:
+        assert await append_one(pool, "s", ANY) == 1
+        assert await append_one(pool, "s", ANY) == 2
+
+    async def test_concurrent_any_appends_all_succeed_without_gaps(
+        self, pool: asyncpg.Pool
+    ) -> None:
+        await asyncio.gather(*(append_one(pool, "s", ANY, n) for n in range(20)))
+        assert await versions(pool, "s") == list(range(1, 21))
+
+
+class TestMultiStreamAppend:
+    async def test_appends_to_every_stream_in_one_transaction(self, pool: asyncpg.Pool) -> None:
+        out = await store.append(
+            pool,
+            [
+                AppendStream("b", NO_STREAM, [cancelled(1), cancelled(2)]),
+                AppendStream("a", NO_STREAM, [cancelled(3)]),
+            ],
+            META,
+        )
+        assert [(a.stream_id, a.version) for a in out] == [("b", 1), ("b", 2), ("a", 1)]
+        assert [a.position for a in out] == sorted(a.position for a in out)
+
+    async def test_a_wrong_second_stream_writes_nothing_to_either(
+        self, pool: asyncpg.Pool
+    ) -> None:
+        await append_one(pool, "first", NO_STREAM)
+        await append_one(pool, "second", NO_STREAM)
+        with pytest.raises(ConcurrencyError) as err:
+            await store.append(
+                pool,
+                [
+                    AppendStream("first", 1, [cancelled(1)]),
+                    AppendStream("second", 7, [cancelled(2)]),
+                ],
+                META,
+            )
+        assert err.value.stream == "second"
+        assert (err.value.expected, err.value.actual) == (7, 1)
+        assert await versions(pool, "first") == [1]
+        assert await versions(pool, "second") == [1]
+        assert await pool.fetchval("SELECT count(*) FROM events") == 2
+
+    async def test_versions_are_gapless_even_after_refusals(self, pool: asyncpg.Pool) -> None:
+        v = 0
+        for n in range(10):
+            v = await append_one(pool, "s", NO_STREAM if v == 0 else v, n)
+            with pytest.raises(ConcurrencyError):
+                await append_one(pool, "s", v - 1 if v > 1 else NO_STREAM)
+        assert await versions(pool, "s") == list(range(1, 11))
+
+
+class TestRoundTrip:
+    async def test_events_and_metadata_round_trip_exactly(self, pool: asyncpg.Pool) -> None:
+        held = SlotHeld(
+            booking_id="bk_1",
+            service_id="consult",
+            resources=["alice", "room-1"],
+            start=datetime(2026, 3, 27, 8, 0, tzinfo=UTC),
+            end=datetime(2026, 3, 27, 9, 0, tzinfo=UTC),
+            expires_at=datetime(2026, 3, 20, 8, 10, 30, 123456, tzinfo=UTC),
+            policy=BookingPolicy(hold_seconds=90, requires_confirmation=True),
+            customer=Customer(name="Zoë Ünïcode ✓", email="z@example.com", metadata={"k": [1]}),
+            notes="line\nbreak \"quoted\"",
+            metadata={"nested": {"a": 1.5, "b": None, "c": [True, "x"]}},
+        )
+        expired = HoldExpired(booking_id="bk_1", expired_at=datetime(2026, 3, 20, tzinfo=UTC))
+        meta = EventMeta(
+            tenant="t1", actor="key_1", request_id="r", causation_id="c", idempotency_key="k"
+        )
+        await store.append(pool, [AppendStream("bk", NO_STREAM, [held, expired])], meta)
+        got = await store.read_stream(pool, "bk")
+        assert [e.event for e in got] == [held, expired]
+        assert [e.type for e in got] == ["SlotHeld", "HoldExpired"]
+        assert all(e.metadata == meta and e.tenant_id == "t1" for e in got)
+        assert await pool.fetchval("SELECT type FROM events WHERE version = 1") == "SlotHeld"
+
+    async def test_read_streams_loads_several_in_one_call(self, pool: asyncpg.Pool) -> None:
+        await append_one(pool, "a", NO_STREAM, 1)
+        await append_one(pool, "b", NO_STREAM, 2)
+        got = await store.read_streams(pool, ["a", "b", "none"])
+        assert {k: [e.version for e in v] for k, v in got.items()} == {
+            "a": [1],
+            "b": [1],
+            "none": [],
+        }
+
+
+class TestRace:
+    async def test_fifty_appends_with_one_expected_version_let_exactly_one_win(
+        self, pool: asyncpg.Pool
+    ) -> None:
+        await append_one(pool, "hot", NO_STREAM)
+
+        async def contender(n: int) -> bool:
+            try:
+                await append_one(pool, "hot", 1, n)
+            except ConcurrencyError:
+                return False
+            return True
+
+        results = await asyncio.gather(*(contender(n) for n in range(50)))
+        assert results.count(True) == 1
+        assert results.count(False) == 49
+        assert await versions(pool, "hot") == [1, 2]
+
+    async def test_fifty_no_stream_appends_let_exactly_one_win(self, pool: asyncpg.Pool) -> None:
+        async def contender(n: int) -> bool:
+            try:
+                await append_one(pool, "new", NO_STREAM, n)
+            except ConcurrencyError:
+                return False
+            return True
+
+        results = await asyncio.gather(*(contender(n) for n in range(50)))
+        assert results.count(True) == 1
+        assert await versions(pool, "new") == [1]
+
+
+class TestReadAllNeverSkips:
+    async def test_a_later_commit_waits_behind_an_open_earlier_transaction(
+        self, pool: asyncpg.Pool
+    ) -> None:
+        t1 = await pool.acquire()
+        tx1 = t1.transaction()
+        await tx1.start()
+        try:
+            first = await store.append(t1, [AppendStream("one", NO_STREAM, [cancelled(1)])], META)
+            second = await store.append(
+                pool, [AppendStream("two", NO_STREAM, [cancelled(2)])], META
+            )
+            assert first[0].position < second[0].position
+            # T2 has committed, but T1 (lower position) is still open: the reader must not move
+            # past T1, or it would never see T1's event.
+            assert await store.read_all(pool) == []
+            await tx1.commit()
+        finally:
+            await pool.release(t1)
+        got = await store.read_all(pool)
+        assert [e.stream_id for e in got] == ["one", "two"]
+        assert [e.position for e in got] == [first[0].position, second[0].position]
+
+    async def test_reading_after_a_checkpoint_resumes_without_loss(
+        self, pool: asyncpg.Pool
+    ) -> None:
+        for n in range(5):
+            await append_one(pool, f"s{n}", NO_STREAM, n)
+        head = await store.read_all(pool, limit=2)
+        rest = await store.read_all(pool, head[-1].checkpoint)
+        assert [e.stream_id for e in head + rest] == [f"s{n}" for n in range(5)]
+
+    async def test_a_rolled_back_transaction_leaves_nothing_and_does_not_stall(
+        self, pool: asyncpg.Pool
+    ) -> None:
+        async with pool.acquire() as conn:
+            tx = conn.transaction()
+            await tx.start()
+            await store.append(conn, [AppendStream("ghost", NO_STREAM, [cancelled(9)])], META)
+            await tx.rollback()
+        await append_one(pool, "after", NO_STREAM)
+        got = await store.read_all(pool)
+        assert [e.stream_id for e in got] == ["after"]
+        assert await store.read_stream(pool, "ghost") == []
+
+    async def test_tenant_filter_shows_only_that_tenants_events(self, pool: asyncpg.Pool) -> None:
+        await append_one(pool, "a", NO_STREAM)
+        other = EventMeta(tenant="t2")
+        await store.append(pool, [AppendStream("b", NO_STREAM, [cancelled()])], other)
+        assert [e.stream_id for e in await store.read_all(pool, tenant="t2")] == ["b"]
+
+
+class TestImmutability:
+    @pytest.mark.parametrize(
+        "statement",
+        [
+            "UPDATE events SET type = 'Tampered'",
+            "DELETE FROM events",
+            "TRUNCATE events",
+            "TRUNCATE events CASCADE",
+        ],
+    )
+    async def test_events_cannot_be_changed_or_removed(
+        self, pool: asyncpg.Pool, statement: str
+    ) -> None:
+        await append_one(pool, "s", NO_STREAM)
+        with pytest.raises(asyncpg.PostgresError, match="events are immutable"):
+            await pool.execute(statement)
+        assert await pool.fetchval("SELECT type FROM events") == "BookingCancelled"
+
+    async def test_schema_can_be_applied_again(self, database_url: str) -> None:
+        from service.db import migrate
+
+        await migrate(database_url)
+        await migrate(database_url)
