@@ -90,7 +90,10 @@ async def readyz(request: Request) -> Response:
             Unavailable("the database is unreachable"), headers={"Retry-After": "1"}
         )
     return json_response(
-        {"status": "ok", "database": {"ok": True, "latency_ms": (time.perf_counter() - started) * 1e3}}
+        {
+            "status": "ok",
+            "database": {"ok": True, "latency_ms": (time.perf_counter() - started) * 1e3},
+        }
     )
 
 
@@ -126,7 +129,9 @@ def create_app(database_url: str | None = None) -> Starlette:
     configure_logging()
     url = database_url or os.environ.get("DATABASE_URL")
     if not url:
-        raise RuntimeError("DATABASE_URL is not set (slotlog serve sets it for the embedded server)")
+        raise RuntimeError(
+            "DATABASE_URL is not set (slotlog serve sets it for the embedded server)"
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

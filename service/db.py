@@ -8,6 +8,7 @@ started it exits. Nothing here knows about events or HTTP.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
@@ -52,7 +53,7 @@ class EmbeddedPostgres:
                 "server (13 or newer)."
             )
         directory.mkdir(parents=True, exist_ok=True)
-        self._server: Any = pgserver.get_server(
+        self._server: Any = pgserver.get_server(  # type: ignore[attr-defined]
             directory, cleanup_mode="delete" if delete_on_exit else "stop"
         )
         self.admin_url: str = self._server.get_uri()
@@ -72,10 +73,8 @@ async def ensure_database(admin_url: str, database: str = DATABASE) -> str:
     try:
         exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database)
         if not exists:
-            try:
+            with contextlib.suppress(asyncpg.DuplicateDatabaseError):
                 await conn.execute(f'CREATE DATABASE "{database}"')
-            except asyncpg.DuplicateDatabaseError:
-                pass
     finally:
         await conn.close()
     return with_database(admin_url, database)

@@ -118,16 +118,16 @@ class Checkpoint:
 
 START: Final = Checkpoint(0, 0)
 
-_APPEND = "SELECT stream_id, version, event_position FROM slotlog_append($1, $2, $3, $4, $5, $6, $7)"
+_APPEND = (
+    "SELECT stream_id, version, event_position FROM slotlog_append($1, $2, $3, $4, $5, $6, $7)"
+)
 _COLUMNS = (
     "position, transaction_id, stream_id, version, tenant_id, data::text AS data, "
     "metadata::text AS metadata, recorded_at"
 )
 
 
-async def append(
-    db: Executor, streams: Sequence[AppendStream], meta: EventMeta
-) -> list[Appended]:
+async def append(db: Executor, streams: Sequence[AppendStream], meta: EventMeta) -> list[Appended]:
     """Append atomically to every stream in `streams`, or to none.
 
     Raises ConcurrencyError (naming the stream, the expected and the actual version) when any
@@ -168,7 +168,7 @@ def _translate(exc: asyncpg.PostgresError) -> Exception:
     if isinstance(exc, asyncpg.UniqueViolationError):
         # The (stream_id, version) backstop: a concurrent writer won the same version.
         return ConcurrencyError("?", -1, -1)
-    return exc
+    return exc  # type: ignore[no-any-return]
 
 
 def _recorded(row: Any) -> RecordedEvent:

@@ -11,11 +11,11 @@ import pytest
 from service import store
 from service.events import (
     BookingCancelled,
+    BookingPolicy,
     Customer,
     EventMeta,
     HoldExpired,
     SlotHeld,
-    BookingPolicy,
 )
 from service.store import ANY, NO_STREAM, STREAM_EXISTS, AppendStream, ConcurrencyError
 
@@ -95,9 +95,7 @@ class TestMultiStreamAppend:
         assert [(a.stream_id, a.version) for a in out] == [("b", 1), ("b", 2), ("a", 1)]
         assert [a.position for a in out] == sorted(a.position for a in out)
 
-    async def test_a_wrong_second_stream_writes_nothing_to_either(
-        self, pool: asyncpg.Pool
-    ) -> None:
+    async def test_a_wrong_second_stream_writes_nothing_to_either(self, pool: asyncpg.Pool) -> None:
         await append_one(pool, "first", NO_STREAM)
         await append_one(pool, "second", NO_STREAM)
         with pytest.raises(ConcurrencyError) as err:
@@ -135,7 +133,7 @@ class TestRoundTrip:
             expires_at=datetime(2026, 3, 20, 8, 10, 30, 123456, tzinfo=UTC),
             policy=BookingPolicy(hold_seconds=90, requires_confirmation=True),
             customer=Customer(name="Zoë Ünïcode ✓", email="z@example.com", metadata={"k": [1]}),
-            notes="line\nbreak \"quoted\"",
+            notes='line\nbreak "quoted"',
             metadata={"nested": {"a": 1.5, "b": None, "c": [True, "x"]}},
         )
         expired = HoldExpired(booking_id="bk_1", expired_at=datetime(2026, 3, 20, tzinfo=UTC))

@@ -1,0 +1,74 @@
+"""Real server processes for end-to-end tests: `python -m service serve` under uvicorn."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_healthy(base_url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{base_url} did not become healthy in {timeout}s")
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def serve(
+    env: Mapping[str, str], *, workers: int = 1, port: int | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Run `slotlog serve` with `env` added to this environment; yield (base URL, process)."""
+    port = port or free_port()
+    full_env = {**os.environ, "SLOTLOG_LOG_LEVEL": "warning", **env}
+    output = tempfile.TemporaryFile()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "serve", "--port", str(port), "--workers", str(workers)],
+        env=full_env,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        try:
+            wait_healthy(base, proc)
+        except (RuntimeError, TimeoutError):
+            output.seek(0)
+            sys.stderr.write(output.read().decode(errors="replace")[-5000:])
+            raise
+        yield base, proc
+    finally:
+        stop(proc)
+        output.close()
