@@ -53,7 +53,7 @@ def serve(
     """Run `slotlog serve` with `env` added to this environment; yield (base URL, process)."""
     port = port or free_port()
     full_env = {**os.environ, "SLOTLOG_LOG_LEVEL": "warning", **env}
-    output = tempfile.TemporaryFile()
+    output = tempfile.TemporaryFile()  # noqa: SIM115 - outlives this frame, closed below
     proc = subprocess.Popen(
         [sys.executable, "-m", "service", "serve", "--port", str(port), "--workers", str(workers)],
         env=full_env,
