@@ -1,5 +1,8 @@
 # slotlog: `make run` serves the API, `make test` runs every check and test.
-PY ?= $(shell command -v python3.12 || command -v python3.11 || command -v python3)
+# The first interpreter that actually runs and is 3.11 or 3.12 (pyenv shims may exist yet fail).
+PY ?= $(shell for p in python3.12 python3.11 python3; do \
+	$$p -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 12))' 2>/dev/null \
+	&& { command -v $$p; break; }; done)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -7,7 +10,7 @@ STAMP := $(VENV)/.installed
 .PHONY: run test check fmt bench clean
 
 $(STAMP): pyproject.toml
-	@$(PY) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 11) <= v <= (3, 12) else "slotlog needs Python 3.11 or 3.12 (the embedded PostgreSQL, pgserver, has no wheels for %d.%d)" % v)'
+	@test -n "$(PY)" || { echo "slotlog needs Python 3.11 or 3.12 (the embedded PostgreSQL, pgserver, has wheels for 3.10-3.12 only); none was found on PATH. Set PY=/path/to/python3.12 or use DATABASE_URL with a supported Python." >&2; exit 1; }
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
