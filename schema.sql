@@ -51,7 +51,7 @@ CREATE OR REPLACE TRIGGER events_no_truncate BEFORE TRUNCATE ON events
 --     so that two multi-stream appends never deadlock). Expected: >= 0 exact version (0 = the
 --     stream must not exist), -1 no stream, -2 any, -3 stream exists.
 --   p_event_streams / p_types / p_data / p_metadata: one entry per event, in append order.
--- Returns one row per event: (stream_id, version, position), in append order.
+-- Returns one row per event: (stream_id, version, position, recorded_at), in append order.
 -- A mismatch raises SQLSTATE SL001 with DETAIL = {"stream", "expected", "actual"} (actual 0 when
 -- the stream does not exist) and, being an exception, writes nothing to any stream.
 -- Never ON CONFLICT DO NOTHING on events: a duplicate (stream_id, version) must fail loudly.
@@ -63,7 +63,7 @@ CREATE OR REPLACE FUNCTION slotlog_append(
     p_types text[],
     p_data jsonb[],
     p_metadata jsonb[]
-) RETURNS TABLE (stream_id text, version bigint, event_position bigint)
+) RETURNS TABLE (stream_id text, version bigint, event_position bigint, recorded_at timestamptz)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
@@ -127,7 +127,7 @@ BEGIN
     FROM unnest(p_event_streams, versions, p_types, p_data, p_metadata)
          WITH ORDINALITY AS e(sid, ver, typ, dat, met, ord)
     ORDER BY e.ord
-    RETURNING ev.stream_id, ev.version, ev.position;
+    RETURNING ev.stream_id, ev.version, ev.position, ev.recorded_at;
 END $$;
 
 -- ───────────────────────────── tenants and keys ─────────────────────────────
@@ -161,5 +161,96 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     created_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, key)
 );
+
+SELECT pg_advisory_unlock(7320001);
+
+-- ───────────────────────────── read models ─────────────────────────────
+-- Built only from events by projections/readmodels.py. Each row is the fold of one stream
+-- (`stream_id`), written in the same transaction as that stream's append, so reads see their
+-- own writes; `slotlog replay` rebuilds them from position 0.
+SELECT pg_advisory_lock(7320001);
+
+CREATE TABLE IF NOT EXISTS rm_resources (
+    tenant_id   text        NOT NULL,
+    resource_id text        NOT NULL,
+    stream_id   text        NOT NULL,
+    body        jsonb       NOT NULL,
+    version     bigint      NOT NULL,
+    position    bigint      NOT NULL,
+    updated_at  timestamptz,
+    PRIMARY KEY (tenant_id, resource_id)
+);
+CREATE INDEX IF NOT EXISTS rm_resources_stream ON rm_resources (stream_id);
+
+CREATE TABLE IF NOT EXISTS rm_services (
+    tenant_id  text        NOT NULL,
+    service_id text        NOT NULL,
+    stream_id  text        NOT NULL,
+    body       jsonb       NOT NULL,
+    version    bigint      NOT NULL,
+    position   bigint      NOT NULL,
+    updated_at timestamptz,
+    PRIMARY KEY (tenant_id, service_id)
+);
+CREATE INDEX IF NOT EXISTS rm_services_stream ON rm_services (stream_id);
+
+CREATE TABLE IF NOT EXISTS rm_bookings (
+    tenant_id  text        NOT NULL,
+    booking_id text        NOT NULL,
+    stream_id  text        NOT NULL,
+    kind       text        NOT NULL,
+    status     text        NOT NULL,
+    service_id text,
+    session_id text,
+    resources  text[]      NOT NULL,
+    start_at   timestamptz NOT NULL,
+    end_at     timestamptz NOT NULL,
+    expires_at timestamptz,
+    seats      int,
+    state      jsonb       NOT NULL,
+    version    bigint      NOT NULL,
+    position   bigint      NOT NULL,
+    created_at timestamptz,
+    updated_at timestamptz,
+    PRIMARY KEY (tenant_id, booking_id)
+);
+CREATE INDEX IF NOT EXISTS rm_bookings_stream ON rm_bookings (stream_id);
+CREATE INDEX IF NOT EXISTS rm_bookings_start ON rm_bookings (tenant_id, start_at, booking_id);
+CREATE INDEX IF NOT EXISTS rm_bookings_session ON rm_bookings (tenant_id, session_id)
+    WHERE session_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS rm_bookings_holds ON rm_bookings (expires_at) WHERE status = 'held';
+
+CREATE TABLE IF NOT EXISTS rm_busy (
+    tenant_id   text        NOT NULL,
+    resource_id text        NOT NULL,
+    day         date        NOT NULL,
+    claim_id    text        NOT NULL,
+    stream_id   text        NOT NULL,
+    start_at    timestamptz NOT NULL,
+    end_at      timestamptz NOT NULL,
+    block_start timestamptz NOT NULL,
+    block_end   timestamptz NOT NULL,
+    expires_at  timestamptz,
+    PRIMARY KEY (tenant_id, resource_id, day, claim_id)
+);
+CREATE INDEX IF NOT EXISTS rm_busy_stream ON rm_busy (stream_id);
+
+CREATE TABLE IF NOT EXISTS rm_sessions (
+    tenant_id   text        NOT NULL,
+    session_id  text        NOT NULL,
+    stream_id   text        NOT NULL,
+    resource_id text        NOT NULL,
+    start_at    timestamptz NOT NULL,
+    end_at      timestamptz NOT NULL,
+    status      text        NOT NULL,
+    max_seats   int         NOT NULL,
+    body        jsonb       NOT NULL,
+    claims      jsonb       NOT NULL,
+    version     bigint      NOT NULL,
+    updated_at  timestamptz,
+    PRIMARY KEY (tenant_id, session_id)
+);
+CREATE INDEX IF NOT EXISTS rm_sessions_stream ON rm_sessions (stream_id);
+CREATE INDEX IF NOT EXISTS rm_sessions_start ON rm_sessions (tenant_id, start_at, session_id);
 
 SELECT pg_advisory_unlock(7320001);

@@ -24,9 +24,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api import availability, bookings, catalogue
 from service.db import create_pool
 from service.errors import ApiError, Unavailable
+from service.handler import Commands
 from service.logs import configure_logging, log
+from service.tenants import KeyCache
+from service.workers import LOCK_EXPIRER, HoldExpirer, LeaderWorker
 
 _JSON = msgspec.json.Encoder()
 _HTTP_CODES = {
@@ -125,7 +129,8 @@ async def _internal(request: Request, exc: Exception) -> Response:
     return error_response(err)
 
 
-def create_app(database_url: str | None = None) -> Starlette:
+def create_app(database_url: str | None = None, *, background: bool = True) -> Starlette:
+    """The ASGI app. `background=False` runs no background workers (tests that drive them)."""
     configure_logging()
     url = database_url or os.environ.get("DATABASE_URL")
     if not url:
@@ -135,16 +140,30 @@ def create_app(database_url: str | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        app.state.pool = await create_pool(url)
+        app.state.pool = pool = await create_pool(url)
+        app.state.commands = commands = Commands(pool)
+        app.state.keys = KeyCache()
+        expirer = HoldExpirer(pool, commands)
+        app.state.workers = workers = [
+            LeaderWorker("hold-expirer", url, LOCK_EXPIRER, expirer.step, interval=1.0)
+        ]
+        if background:
+            for w in workers:
+                w.start()
         log.info("app.started")
         try:
             yield
         finally:
-            await app.state.pool.close()
+            for w in workers:
+                await w.stop()
+            await pool.close()
 
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        *catalogue.routes,
+        *availability.routes,
+        *bookings.routes,
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.add_exception_handler(ApiError, _api_error)

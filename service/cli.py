@@ -48,7 +48,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         asyncio.run(migrate(url))
         from service.bootstrap import ensure_startup_tenant
 
-        asyncio.run(ensure_startup_tenant(url))
+        asyncio.run(ensure_startup_tenant(url, development=embedded is not None))
         print(f"slotlog: serving on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
         uvicorn.run(
             "service.app:create_app",
@@ -79,6 +79,36 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tenants_create(args: argparse.Namespace) -> int:
+    import json
+
+    import asyncpg
+
+    from service.tenants import create_tenant
+
+    url, embedded = _database_url()
+
+    async def run() -> dict[str, str]:
+        await migrate(url)
+        pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
+        try:
+            return await create_tenant(pool, args.name)
+        finally:
+            await pool.close()
+
+    try:
+        try:
+            keys = asyncio.run(run())
+        except asyncpg.UniqueViolationError:
+            print(f"slotlog: a tenant named {args.name!r} already exists", file=sys.stderr)
+            return 1
+        print(json.dumps(keys, indent=2))
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slotlog", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -91,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     mig = sub.add_parser("migrate", help="apply schema.sql (idempotent)")
     mig.set_defaults(func=cmd_migrate)
+
+    tenants = sub.add_parser("tenants", help="manage tenants")
+    tsub = tenants.add_subparsers(dest="tenants_command", required=True)
+    tcreate = tsub.add_parser("create", help="create a tenant; prints its id and keys as JSON")
+    tcreate.add_argument("name")
+    tcreate.set_defaults(func=cmd_tenants_create)
     return parser
 
 

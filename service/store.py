@@ -75,6 +75,7 @@ class Appended:
     stream_id: str
     version: int
     position: int
+    recorded_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +120,8 @@ class Checkpoint:
 START: Final = Checkpoint(0, 0)
 
 _APPEND = (
-    "SELECT stream_id, version, event_position FROM slotlog_append($1, $2, $3, $4, $5, $6, $7)"
+    "SELECT stream_id, version, event_position, recorded_at "
+    "FROM slotlog_append($1, $2, $3, $4, $5, $6, $7)"
 )
 _COLUMNS = (
     "position, transaction_id, stream_id, version, tenant_id, data::text AS data, "
@@ -158,7 +160,7 @@ async def append(db: Executor, streams: Sequence[AppendStream], meta: EventMeta)
         )
     except asyncpg.PostgresError as exc:
         raise _translate(exc) from None
-    return [Appended(r[0], r[1], r[2]) for r in rows]
+    return [Appended(r[0], r[1], r[2], r[3]) for r in rows]
 
 
 def _translate(exc: asyncpg.PostgresError) -> Exception:
@@ -203,6 +205,30 @@ async def read_streams(db: Executor, stream_ids: Sequence[str]) -> dict[str, lis
     for r in rows:
         result[r["stream_id"]].append(_recorded(r))
     return result
+
+
+async def read_for_decision(
+    db: Executor, full: Sequence[str], latest: Sequence[str] = ()
+) -> tuple[dict[str, list[RecordedEvent]], dict[str, RecordedEvent]]:
+    """In one round trip: every event of the `full` streams (to fold and append to with an
+    expected version) and only the newest event of the `latest` streams (catalogue upserts,
+    whose last event is the whole state)."""
+    result: dict[str, list[RecordedEvent]] = {s: [] for s in full}
+    newest: dict[str, RecordedEvent] = {}
+    rows = await db.fetch(
+        f"SELECT 0 AS part, {_COLUMNS} FROM events WHERE stream_id = ANY($1::text[]) "
+        f"UNION ALL (SELECT DISTINCT ON (stream_id) 1 AS part, {_COLUMNS} FROM events "
+        "WHERE stream_id = ANY($2::text[]) ORDER BY stream_id, version DESC) "
+        "ORDER BY part, stream_id, version",
+        list(full),
+        list(latest),
+    )
+    for r in rows:
+        if r["part"] == 0:
+            result[r["stream_id"]].append(_recorded(r))
+        else:
+            newest[r["stream_id"]] = _recorded(r)
+    return result, newest
 
 
 async def read_all(

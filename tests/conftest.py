@@ -14,11 +14,16 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
+import httpx
 import pytest
+from starlette.applications import Starlette
 
+from service.app import create_app
 from service.db import EmbeddedPostgres, create_pool, migrate, with_database
+from service.tenants import create_tenant
 
 
 @pytest.fixture(scope="session")
@@ -92,3 +97,49 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
         yield p
     finally:
         await p.close()
+
+
+class Api:
+    """A real HTTP client on the real app, authenticated as one tenant's secret key."""
+
+    def __init__(
+        self, client: httpx.AsyncClient, tenant: dict[str, str], pool: asyncpg.Pool
+    ) -> None:
+        self.client = client
+        self.pool = pool
+        self.tenant = tenant
+        self.secret = {"Authorization": f"Bearer {tenant['secret_key']}"}
+        self.public = {"Authorization": f"Bearer {tenant['public_key']}"}
+
+    async def get(self, url: str, **kw: Any) -> httpx.Response:
+        kw.setdefault("headers", self.secret)
+        return await self.client.get(url, **kw)
+
+    async def post(self, url: str, body: Any = None, **kw: Any) -> httpx.Response:
+        headers = {**self.secret, **kw.pop("headers", {})}
+        if body is None:
+            return await self.client.post(url, headers=headers, **kw)
+        return await self.client.post(url, json=body, headers=headers, **kw)
+
+    async def put(self, url: str, body: Any, **kw: Any) -> httpx.Response:
+        headers = {**self.secret, **kw.pop("headers", {})}
+        return await self.client.put(url, json=body, headers=headers, **kw)
+
+    async def new_tenant(self, name: str | None = None) -> Api:
+        tenant = await create_tenant(self.pool, name or uuid.uuid4().hex)
+        return Api(self.client, tenant, self.pool)
+
+
+@pytest.fixture
+async def app(database_url: str) -> AsyncIterator[Starlette]:
+    application = create_app(database_url, background=False)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+async def api(app: Starlette) -> AsyncIterator[Api]:
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://slotlog.test") as client:
+        tenant = await create_tenant(app.state.pool, f"test-{uuid.uuid4().hex[:8]}")
+        yield Api(client, tenant, app.state.pool)

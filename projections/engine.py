@@ -1,0 +1,62 @@
+"""Writing read-model rows: for each touched stream, replace the rows it contributes with the
+fold of its events. Used inline (inside the command's transaction), by the runner and by replay.
+
+Because a row is a pure function of one stream's events, writing it twice is harmless and the
+result never depends on the order in which streams are written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from projections.readmodels import PROJECTIONS, Projection, Row, projection_for
+from service.store import RecordedEvent
+
+
+def insert_sql(p: Projection[Any], table: str | None = None) -> str:
+    cols = ", ".join(p.columns)
+    params = ", ".join(f"${i}::{t}" for i, t in enumerate(p.types, 1))
+    return f"INSERT INTO {table or p.table} ({cols}) VALUES ({params})"
+
+
+async def replace_rows(
+    conn: Any,
+    p: Projection[Any],
+    stream_ids: Sequence[str],
+    rows: Sequence[Row],
+    *,
+    table: str | None = None,
+) -> None:
+    """Delete the rows of `stream_ids` from the projection's table and insert `rows`."""
+    await conn.execute(
+        f"DELETE FROM {table or p.table} WHERE stream_id = ANY($1::text[])", list(stream_ids)
+    )
+    if rows:
+        await conn.executemany(insert_sql(p, table), rows)
+
+
+async def write_streams(
+    conn: Any,
+    streams: Mapping[str, Sequence[RecordedEvent]],
+    *,
+    tables: Mapping[str, str] | None = None,
+    only: Iterable[str] | None = None,
+) -> None:
+    """Re-fold each stream in `streams` (all of its events, oldest first) into its table.
+
+    `tables` maps a projection's table to another name (replay writes into fresh tables);
+    `only` restricts the write to the projections with those names.
+    """
+    wanted = set(only) if only is not None else {p.name for p in PROJECTIONS}
+    grouped: dict[str, tuple[Projection[Any], list[str], list[Row]]] = {}
+    for stream_id, events in streams.items():
+        p = projection_for(stream_id)
+        if p is None or p.name not in wanted:
+            continue
+        entry = grouped.setdefault(p.name, (p, [], []))
+        entry[1].append(stream_id)
+        entry[2].extend(p.fold(stream_id, events))
+    for p, stream_ids, rows in grouped.values():
+        table = (tables or {}).get(p.table, p.table)
+        await replace_rows(conn, p, stream_ids, rows, table=table)

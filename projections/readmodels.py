@@ -1,0 +1,365 @@
+"""The read models, as pure folds: each row of each table is a function of exactly one stream.
+
+A projection names its table, its columns, and which stream kind feeds it; `initial` / `evolve`
+fold that stream's events and `rows` renders the fold as table rows. The same functions serve the
+inline path (rows written in the command's own transaction), the background runner and replay, so
+a replay from position 0 rebuilds tables identical to the live ones. No I/O here; the engine
+(projections/engine.py) writes the rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from service import streams
+from service.decider import Booking, DayLedger, SessionState, evolve_booking
+from service.events import ResourceUpserted, ServiceUpserted, SessionScheduled
+from service.store import RecordedEvent
+
+S = TypeVar("S")
+Row = tuple[Any, ...]
+_JSON = msgspec.json.Encoder()
+
+
+def tenant_of(stream_id: str) -> str:
+    return stream_id.split(":", 1)[0]
+
+
+def json_text(value: Any) -> str:
+    return _JSON.encode(value).decode()
+
+
+class Projection(Generic[S]):
+    """One read-model table, fed by one kind of stream."""
+
+    name: str
+    table: str
+    stream_kind: str
+    columns: tuple[str, ...]
+    key: tuple[str, ...]
+    #: SQL types of the columns, for COPY-free bulk writes through unnest.
+    types: tuple[str, ...]
+
+    def initial(self, stream_id: str) -> S:
+        raise NotImplementedError  # pragma: no cover - every projection overrides it
+
+    def evolve(self, state: S, rec: RecordedEvent) -> S:
+        raise NotImplementedError  # pragma: no cover
+
+    def rows(self, stream_id: str, state: S) -> list[Row]:
+        raise NotImplementedError  # pragma: no cover
+
+    def fold(self, stream_id: str, events: Sequence[RecordedEvent]) -> list[Row]:
+        state = self.initial(stream_id)
+        for rec in events:
+            state = self.evolve(state, rec)
+        return self.rows(stream_id, state)
+
+
+@dataclass(slots=True)
+class Latest(Generic[S]):
+    event: S | None = None
+    version: int = 0
+    position: int = 0
+    recorded_at: datetime | None = None
+
+
+class ResourcesProjection(Projection[Latest[ResourceUpserted]]):
+    name = "resources"
+    table = "rm_resources"
+    stream_kind = "res"
+    columns = ("tenant_id", "resource_id", "stream_id", "body", "version", "position", "updated_at")
+    types = ("text", "text", "text", "jsonb", "bigint", "bigint", "timestamptz")
+    key = ("tenant_id", "resource_id")
+
+    def initial(self, stream_id: str) -> Latest[ResourceUpserted]:
+        return Latest()
+
+    def evolve(
+        self, state: Latest[ResourceUpserted], rec: RecordedEvent
+    ) -> Latest[ResourceUpserted]:
+        if isinstance(rec.event, ResourceUpserted):
+            return Latest(rec.event, rec.version, rec.position, rec.recorded_at)
+        return state
+
+    def rows(self, stream_id: str, state: Latest[ResourceUpserted]) -> list[Row]:
+        e = state.event
+        if e is None:
+            return []
+        return [
+            (
+                tenant_of(stream_id),
+                e.resource_id,
+                stream_id,
+                json_text(e),
+                state.version,
+                state.position,
+                state.recorded_at,
+            )
+        ]
+
+
+class ServicesProjection(Projection[Latest[ServiceUpserted]]):
+    name = "services"
+    table = "rm_services"
+    stream_kind = "svc"
+    columns = ("tenant_id", "service_id", "stream_id", "body", "version", "position", "updated_at")
+    types = ("text", "text", "text", "jsonb", "bigint", "bigint", "timestamptz")
+    key = ("tenant_id", "service_id")
+
+    def initial(self, stream_id: str) -> Latest[ServiceUpserted]:
+        return Latest()
+
+    def evolve(self, state: Latest[ServiceUpserted], rec: RecordedEvent) -> Latest[ServiceUpserted]:
+        if isinstance(rec.event, ServiceUpserted):
+            return Latest(rec.event, rec.version, rec.position, rec.recorded_at)
+        return state
+
+    def rows(self, stream_id: str, state: Latest[ServiceUpserted]) -> list[Row]:
+        e = state.event
+        if e is None:
+            return []
+        return [
+            (
+                tenant_of(stream_id),
+                e.service_id,
+                stream_id,
+                json_text(e),
+                state.version,
+                state.position,
+                state.recorded_at,
+            )
+        ]
+
+
+class BookingsProjection(Projection[Booking | None]):
+    """Every booking, slot or seat, as the API shows it."""
+
+    name = "bookings"
+    table = "rm_bookings"
+    stream_kind = "bk"
+    columns = (
+        "tenant_id",
+        "booking_id",
+        "stream_id",
+        "kind",
+        "status",
+        "service_id",
+        "session_id",
+        "resources",
+        "start_at",
+        "end_at",
+        "expires_at",
+        "seats",
+        "state",
+        "version",
+        "position",
+        "created_at",
+        "updated_at",
+    )
+    types = (
+        "text",
+        "text",
+        "text",
+        "text",
+        "text",
+        "text",
+        "text",
+        "text[]",
+        "timestamptz",
+        "timestamptz",
+        "timestamptz",
+        "int",
+        "jsonb",
+        "bigint",
+        "bigint",
+        "timestamptz",
+        "timestamptz",
+    )
+    key = ("tenant_id", "booking_id")
+
+    def initial(self, stream_id: str) -> Booking | None:
+        return None
+
+    def evolve(self, state: Booking | None, rec: RecordedEvent) -> Booking | None:
+        return evolve_booking(
+            state,
+            rec.event,
+            version=rec.version,
+            position=rec.position,
+            recorded_at=rec.recorded_at,
+        )
+
+    def rows(self, stream_id: str, state: Booking | None) -> list[Row]:
+        b = state
+        if b is None:
+            return []
+        return [
+            (
+                tenant_of(stream_id),
+                b.id,
+                stream_id,
+                b.kind,
+                b.status,
+                b.service_id,
+                b.session_id,
+                b.resources,
+                b.start,
+                b.end,
+                b.expires_at,
+                b.seats,
+                json_text(b),
+                b.version,
+                b.position,
+                b.created_at,
+                b.updated_at,
+            )
+        ]
+
+
+class BusyProjection(Projection[DayLedger]):
+    """Busy time per resource and UTC day: the claims of active bookings and sessions."""
+
+    name = "busy"
+    table = "rm_busy"
+    stream_kind = "rd"
+    columns = (
+        "tenant_id",
+        "resource_id",
+        "day",
+        "claim_id",
+        "stream_id",
+        "start_at",
+        "end_at",
+        "block_start",
+        "block_end",
+        "expires_at",
+    )
+    types = (
+        "text",
+        "text",
+        "date",
+        "text",
+        "text",
+        "timestamptz",
+        "timestamptz",
+        "timestamptz",
+        "timestamptz",
+        "timestamptz",
+    )
+    key = ("tenant_id", "resource_id", "day", "claim_id")
+
+    def initial(self, stream_id: str) -> DayLedger:
+        return DayLedger()
+
+    def evolve(self, state: DayLedger, rec: RecordedEvent) -> DayLedger:
+        state.evolve(rec.event)
+        return state
+
+    def rows(self, stream_id: str, state: DayLedger) -> list[Row]:
+        tenant = tenant_of(stream_id)
+        return [
+            (
+                tenant,
+                c.resource_id,
+                date.fromisoformat(c.day),
+                c.claim_id,
+                stream_id,
+                c.start,
+                c.end,
+                c.block_start,
+                c.block_end,
+                c.expires_at,
+            )
+            for c in sorted(state.claims.values(), key=lambda c: c.claim_id)
+        ]
+
+
+class SessionsProjection(Projection[SessionState]):
+    """Group sessions with their seat ledger: the public listing reads this."""
+
+    name = "sessions"
+    table = "rm_sessions"
+    stream_kind = "ss"
+    columns = (
+        "tenant_id",
+        "session_id",
+        "stream_id",
+        "resource_id",
+        "start_at",
+        "end_at",
+        "status",
+        "max_seats",
+        "body",
+        "claims",
+        "version",
+        "updated_at",
+    )
+    types = (
+        "text",
+        "text",
+        "text",
+        "text",
+        "timestamptz",
+        "timestamptz",
+        "text",
+        "int",
+        "jsonb",
+        "jsonb",
+        "bigint",
+        "timestamptz",
+    )
+    key = ("tenant_id", "session_id")
+
+    def initial(self, stream_id: str) -> SessionState:
+        return SessionState()
+
+    def evolve(self, state: SessionState, rec: RecordedEvent) -> SessionState:
+        state.evolve(rec.event)
+        state.updated_at = rec.recorded_at
+        return state
+
+    def rows(self, stream_id: str, state: SessionState) -> list[Row]:
+        s: SessionScheduled | None = state.scheduled
+        if s is None:
+            return []
+        claims = {
+            c.booking_id: {"seats": c.seats, "expires_at": c.expires_at}
+            for c in sorted(state.claims.values(), key=lambda c: c.booking_id)
+        }
+        return [
+            (
+                tenant_of(stream_id),
+                s.session_id,
+                stream_id,
+                s.resource_id,
+                s.start,
+                s.end,
+                state.status,
+                s.max_seats,
+                json_text({**msgspec.structs.asdict(s), "message": state.message}),
+                json_text(claims),
+                state.version,
+                state.updated_at,
+            )
+        ]
+
+
+PROJECTIONS: tuple[Projection[Any], ...] = (
+    ResourcesProjection(),
+    ServicesProjection(),
+    BookingsProjection(),
+    BusyProjection(),
+    SessionsProjection(),
+)
+BY_KIND: dict[str, Projection[Any]] = {p.stream_kind: p for p in PROJECTIONS}
+BY_NAME: dict[str, Projection[Any]] = {p.name: p for p in PROJECTIONS}
+
+
+def projection_for(stream_id: str) -> Projection[Any] | None:
+    return BY_KIND.get(streams.kind_of(stream_id))

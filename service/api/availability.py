@@ -1,0 +1,126 @@
+"""GET /v1/availability: free slots of a service, from the busy-time read model and the pure
+slot computation (service/availability.py). Public and secret keys may call it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from service.api.catalogue import load_service
+from service.api.common import (
+    authenticate,
+    json_response,
+    now,
+    parse_instant,
+    parse_zone,
+    pool,
+    query_int,
+    query_str,
+    wait_for_position,
+)
+from service.availability import Busy, Slot, compute_slots
+from service.decider import calendar, duration_for, selected_resources, slot_rules
+from service.errors import ValidationFailed
+
+MAX_RANGE = timedelta(days=62)
+
+
+async def busy_by_resource(
+    request: Request, tenant: str, resource_ids: list[str], start: datetime, end: datetime
+) -> dict[str, list[Busy]]:
+    """Active-or-held claims on the resources around [start, end) (holds are filtered by expiry
+    in the slot computation, at the `now` of this request)."""
+    rows = await pool(request).fetch(
+        "SELECT DISTINCT ON (resource_id, claim_id) resource_id, start_at, end_at, block_start, "
+        "block_end, expires_at FROM rm_busy WHERE tenant_id = $1 AND resource_id = ANY($2::text[]) "
+        "AND day BETWEEN $3 AND $4 AND block_start < $6 AND block_end > $5",
+        tenant,
+        resource_ids,
+        (start - timedelta(days=2)).date(),
+        (end + timedelta(days=2)).date(),
+        start - timedelta(days=2),
+        end + timedelta(days=2),
+    )
+    out: dict[str, list[Busy]] = {r: [] for r in resource_ids}
+    for r in rows:
+        out[r["resource_id"]].append(
+            Busy(r["start_at"], r["end_at"], r["block_start"], r["block_end"], r["expires_at"])
+        )
+    return out
+
+
+def render_slot(slot: Slot, zone: ZoneInfo) -> dict[str, Any]:
+    return {
+        "start": slot.start.astimezone(zone).isoformat(),
+        "end": slot.end.astimezone(zone).isoformat(),
+        "resources": list(slot.resources),
+    }
+
+
+async def get_availability(request: Request) -> Response:
+    principal = await authenticate(request, public_ok=True)
+    await wait_for_position(request)
+    service_id = query_str(request, "service", required=True)
+    zone = parse_zone(query_str(request, "timezone"))
+    raw_from = query_str(request, "from", required=True)
+    raw_to = query_str(request, "to", required=True)
+    assert service_id is not None and raw_from is not None and raw_to is not None
+    start = parse_instant(raw_from, "from", zone)
+    end = parse_instant(raw_to, "to", zone, end_of_day=True)
+    if end <= start:
+        raise ValidationFailed([("to", "must be after from")])
+    if end - start > MAX_RANGE:
+        raise ValidationFailed([("to", "the range may span at most 62 days")])
+    group_by = query_str(request, "group_by")
+    if group_by not in (None, "day"):
+        raise ValidationFailed([("group_by", "the only grouping is 'day'")])
+    wanted = query_str(request, "resources")
+    duration_q = query_int(request, "duration", None, lo=1, hi=1440)
+
+    service, catalogue = await load_service(request, principal.tenant_id, service_id)
+    duration = duration_for(service, duration_q)
+    if wanted:
+        try:
+            chosen = selected_resources(service, wanted.split(","))
+        except ValidationFailed as exc:
+            raise ValidationFailed(
+                [(e["path"], e["message"]) for e in exc.details["errors"]]
+            ) from None
+    else:
+        chosen = sorted(service.resources)
+    rules = slot_rules(service, duration)
+    busy = await busy_by_resource(request, principal.tenant_id, chosen, start, end)
+    calendars = [calendar(catalogue[r], busy[r]) for r in chosen if r in catalogue]
+    if service.assignment == "all" and len(calendars) < len(chosen):
+        calendars = []
+    slots = compute_slots(calendars, rules, start, end, now(), service.assignment)
+    if group_by == "day":
+        days: dict[str, list[dict[str, Any]]] = {}
+        for slot in slots:
+            day = slot.start.astimezone(zone).date().isoformat()
+            days.setdefault(day, []).append(render_slot(slot, zone))
+        return json_response(
+            {
+                "service": service_id,
+                "timezone": str(zone),
+                "days": [{"date": d, "slots": s} for d, s in days.items()],
+            }
+        )
+    return json_response(
+        {
+            "service": service_id,
+            "timezone": str(zone),
+            "data": [render_slot(s, zone) for s in slots],
+            "next_cursor": None,
+        }
+    )
+
+
+routes = [Route("/v1/availability", get_availability, methods=["GET"])]
+
+__all__ = ["UTC", "routes"]

@@ -1,0 +1,413 @@
+"""Bookings: hold (POST /v1/bookings), seats (POST /v1/sessions/{id}/bookings), the lifecycle
+commands, reads, the cursor-paginated list and the audit history."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from service import store, streams
+from service.api.common import (
+    authenticate,
+    decode_cursor,
+    encode_cursor,
+    encode_json,
+    if_match,
+    json_body,
+    json_response,
+    new_id,
+    now,
+    parse_instant,
+    parse_zone,
+    pool,
+    query_int,
+    query_str,
+    run_command,
+    wait_for_position,
+)
+from service.catalogue import ID_PATTERN, check_metadata
+from service.commands import (
+    AddSeats,
+    ApproveBooking,
+    BookingCommand,
+    CancelBooking,
+    ConfirmBooking,
+    ExtendHold,
+    HoldSlot,
+    RejectBooking,
+    RescheduleBooking,
+)
+from service.decider import (
+    Booking,
+)
+from service.errors import NotFound, ValidationFailed
+from service.events import Customer
+from service.handler import Done
+from service.store import RecordedEvent
+from service.usecases import booking_after, booking_decision, hold_decision, seats_decision
+
+ClientId = Annotated[str, Meta(pattern=ID_PATTERN)]
+Text = Annotated[str, Meta(max_length=2000)]
+Reason = Annotated[str, Meta(max_length=2000)]
+
+
+class Body(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class HoldBody(Body, kw_only=True):
+    service: ClientId
+    start: datetime
+    duration_minutes: Annotated[int, Meta(ge=1, le=1440)] | None = None
+    resources: Annotated[list[ClientId], Meta(min_length=1, max_length=100)] | None = None
+    customer: Customer | None = None
+    notes: Text | None = None
+    metadata: dict[str, Any] = {}
+    confirm: bool = False
+
+
+class SeatsBody(Body, kw_only=True):
+    seats: Annotated[int, Meta(ge=1, le=10_000)] = 1
+    customer: Customer | None = None
+    notes: Text | None = None
+    metadata: dict[str, Any] = {}
+    confirm: bool = False
+
+
+class ConfirmBody(Body, kw_only=True):
+    customer: Customer | None = None
+
+
+class ReasonBody(Body, kw_only=True):
+    reason: Reason | None = None
+
+
+class CancelBody(Body, kw_only=True):
+    reason: Reason | None = None
+    by: Literal["customer", "owner"] = "owner"
+
+
+class RescheduleBody(Body, kw_only=True):
+    start: datetime
+    duration_minutes: Annotated[int, Meta(ge=1, le=1440)] | None = None
+    by: Literal["customer", "owner"] = "owner"
+
+
+class ExtendBody(Body, kw_only=True):
+    seconds: Annotated[int, Meta(ge=1)]
+
+
+def aware(value: datetime, path: str) -> datetime:
+    """A client timestamp must carry an offset; it is kept (and answered) in UTC."""
+    if value.tzinfo is None:
+        raise ValidationFailed([(path, "the timestamp needs a UTC offset (RFC 3339)")])
+    return value.astimezone(UTC)
+
+
+def check_customer(customer: Customer | None) -> list[tuple[str, str]]:
+    if customer is not None and customer.metadata is not None:
+        return check_metadata(customer.metadata, "customer.metadata")
+    return []
+
+
+# ── views ────────────────────────────────────────────────────────────────────
+
+
+def booking_view(b: Booking, at: datetime) -> dict[str, Any]:
+    status = b.effective_status(at)
+    view: dict[str, Any] = {
+        "id": b.id,
+        "kind": b.kind,
+        "status": status,
+        "service": b.service_id,
+        "session": b.session_id,
+        "resources": b.resources,
+        "start": b.start,
+        "end": b.end,
+        "customer": b.customer,
+        "notes": b.notes,
+        "metadata": b.metadata,
+        "expires_at": b.expires_at if b.status == "held" else None,
+        "version": b.version,
+        "position": b.position,
+        "created_at": b.created_at,
+        "updated_at": b.updated_at,
+    }
+    if b.kind == "seat":
+        view["seats"] = b.seats
+    if b.status in ("cancelled", "rejected"):
+        view["cancelled_by"] = b.cancelled_by
+        view["reason"] = b.reason
+    return view
+
+
+def created(stream_id: str, at: datetime) -> Any:
+    def render(done: Done) -> tuple[int, bytes]:
+        return 201, encode_json(booking_view(booking_after(done, stream_id), at))
+
+    return render
+
+
+# ── hold and seats ───────────────────────────────────────────────────────────
+
+
+async def post_booking(request: Request) -> Response:
+    principal = await authenticate(request)
+    body = await json_body(request, HoldBody)
+    errors = check_customer(body.customer) + check_metadata(body.metadata)
+    if errors:
+        raise ValidationFailed(errors)
+    tenant, at = principal.tenant_id, now()
+    cmd = HoldSlot(
+        tenant=tenant,
+        now=at,
+        booking_id=new_id("bk"),
+        service_id=body.service,
+        start=aware(body.start, "start"),
+        duration_minutes=body.duration_minutes,
+        resources=body.resources,
+        customer=body.customer,
+        notes=body.notes,
+        metadata=body.metadata,
+        confirm=body.confirm,
+    )
+    own = streams.booking(tenant, cmd.booking_id)
+    decide = hold_decision(cmd)
+    return await run_command(request, principal, decide, created(own, at))
+
+
+async def post_seats(request: Request) -> Response:
+    principal = await authenticate(request)
+    body = await json_body(request, SeatsBody)
+    errors = check_customer(body.customer) + check_metadata(body.metadata)
+    if errors:
+        raise ValidationFailed(errors)
+    tenant, at = principal.tenant_id, now()
+    session_id = request.path_params["id"]
+    cmd = AddSeats(
+        tenant=tenant,
+        now=at,
+        booking_id=new_id("bk"),
+        session_id=session_id,
+        seats=body.seats,
+        customer=body.customer,
+        notes=body.notes,
+        metadata=body.metadata,
+        confirm=body.confirm,
+    )
+    own = streams.booking(tenant, cmd.booking_id)
+    decide = seats_decision(cmd)
+    return await run_command(request, principal, decide, created(own, at))
+
+
+# ── lifecycle commands ───────────────────────────────────────────────────────
+
+
+async def _booking_command(request: Request, principal: Any, cmd: BookingCommand) -> Response:
+    own = streams.booking(cmd.tenant, cmd.booking_id)
+    decide = booking_decision(cmd, if_match(request))
+
+    def render(done: Done) -> tuple[int, bytes]:
+        return 200, encode_json(booking_view(booking_after(done, own), cmd.now))
+
+    return await run_command(request, principal, decide, render)
+
+
+async def confirm(request: Request) -> Response:
+    principal = await authenticate(request)
+    body = await json_body(request, ConfirmBody, allow_empty=True)
+    cmd = ConfirmBooking(
+        tenant=principal.tenant_id,
+        now=now(),
+        booking_id=request.path_params["id"],
+        customer=body.customer,
+    )
+    return await _booking_command(request, principal, cmd)
+
+
+async def approve(request: Request) -> Response:
+    principal = await authenticate(request)
+    body = await json_body(request, ReasonBody, allow_empty=True)
+    cmd = ApproveBooking(
+        tenant=principal.tenant_id,
+        now=now(),
+        booking_id=request.path_params["id"],
+        reason=body.reason,
+    )
+    return await _booking_command(request, principal, cmd)
+
+
+async def reject(request: Request) -> Response:
+    principal = await authenticate(request)
+    body = await json_body(request, ReasonBody, allow_empty=True)
+    cmd = RejectBooking(
+        tenant=principal.tenant_id,
+        now=now(),
+        booking_id=request.path_params["id"],
+        reason=body.reason,
+    )
+    return await _booking_command(request, principal, cmd)
+
+
+async def cancel(request: Request) -> Response:
+    principal = await authenticate(request)
+    body = await json_body(request, CancelBody, allow_empty=True)
+    cmd = CancelBooking(
+        tenant=principal.tenant_id,
+        now=now(),
+        booking_id=request.path_params["id"],
+        by=body.by,
+        reason=body.reason,
+    )
+    return await _booking_command(request, principal, cmd)
+
+
+async def reschedule(request: Request) -> Response:
+    principal = await authenticate(request)
+    body = await json_body(request, RescheduleBody)
+    cmd = RescheduleBooking(
+        tenant=principal.tenant_id,
+        now=now(),
+        booking_id=request.path_params["id"],
+        start=aware(body.start, "start"),
+        duration_minutes=body.duration_minutes,
+        by=body.by,
+    )
+    return await _booking_command(request, principal, cmd)
+
+
+async def extend(request: Request) -> Response:
+    principal = await authenticate(request)
+    body = await json_body(request, ExtendBody)
+    cmd = ExtendHold(
+        tenant=principal.tenant_id,
+        now=now(),
+        booking_id=request.path_params["id"],
+        seconds=body.seconds,
+    )
+    return await _booking_command(request, principal, cmd)
+
+
+# ── reads ────────────────────────────────────────────────────────────────────
+
+
+BOOKING_DECODER = msgspec.json.Decoder(Booking)
+
+
+async def get_booking(request: Request) -> Response:
+    principal = await authenticate(request)
+    await wait_for_position(request)
+    row = await pool(request).fetchrow(
+        "SELECT state::text AS state FROM rm_bookings WHERE tenant_id = $1 AND booking_id = $2",
+        principal.tenant_id,
+        request.path_params["id"],
+    )
+    if row is None:
+        raise NotFound(f"booking {request.path_params['id']!r} does not exist")
+    b = BOOKING_DECODER.decode(row["state"])
+    return json_response(booking_view(b, now()), headers={"ETag": f'"{b.version}"'})
+
+
+STATUSES = ("held", "pending", "confirmed", "cancelled", "rejected", "expired")
+
+
+async def list_bookings(request: Request) -> Response:
+    principal = await authenticate(request)
+    await wait_for_position(request)
+    at = now()
+    zone = parse_zone(None)
+    limit = query_int(request, "limit", 50, lo=1, hi=200)
+    clauses = ["tenant_id = $1"]
+    args: list[Any] = [principal.tenant_id]
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    if (resource := query_str(request, "resource")) is not None:
+        clauses.append(f"{arg(resource)} = ANY(resources)")
+    if (service := query_str(request, "service")) is not None:
+        clauses.append(f"service_id = {arg(service)}")
+    if (session := query_str(request, "session")) is not None:
+        clauses.append(f"session_id = {arg(session)}")
+    if (status := query_str(request, "status")) is not None:
+        if status not in STATUSES:
+            raise ValidationFailed([("status", f"must be one of {', '.join(STATUSES)}")])
+        if status == "held":
+            clauses.append(f"status = 'held' AND expires_at > {arg(at)}")
+        elif status == "expired":
+            clauses.append(f"(status = 'expired' OR (status = 'held' AND expires_at <= {arg(at)}))")
+        else:
+            clauses.append(f"status = {arg(status)}")
+    if (raw := query_str(request, "from")) is not None:
+        clauses.append(f"end_at > {arg(parse_instant(raw, 'from', zone))}")
+    if (raw := query_str(request, "to")) is not None:
+        clauses.append(f"start_at < {arg(parse_instant(raw, 'to', zone, end_of_day=True))}")
+    if (cursor := query_str(request, "cursor")) is not None:
+        start_s, bid = decode_cursor(cursor, 2)
+        try:
+            after = datetime.fromisoformat(start_s)
+        except ValueError:
+            raise ValidationFailed([("cursor", "invalid cursor")]) from None
+        clauses.append(f"(start_at, booking_id) > ({arg(after)}, {arg(bid)})")
+    where = " AND ".join(clauses)
+    rows = await pool(request).fetch(
+        f"SELECT start_at, booking_id, state::text AS state FROM rm_bookings WHERE {where} "
+        f"ORDER BY start_at, booking_id LIMIT {arg((limit or 50) + 1)}",
+        *args,
+    )
+    page = rows[: limit or 50]
+    next_cursor = (
+        encode_cursor(page[-1]["start_at"].isoformat(), page[-1]["booking_id"])
+        if len(rows) > len(page)
+        else None
+    )
+    data = [booking_view(BOOKING_DECODER.decode(r["state"]), at) for r in page]
+    return json_response({"data": data, "next_cursor": next_cursor})
+
+
+def history_entry(e: RecordedEvent) -> dict[str, Any]:
+    data = msgspec.structs.asdict(e.event)
+    reason = data.get("reason") or e.metadata.reason
+    return {
+        "position": e.position,
+        "version": e.version,
+        "type": e.type,
+        "data": data,
+        "recorded_at": e.recorded_at,
+        "actor": e.metadata.actor,
+        "reason": reason,
+        "request_id": e.metadata.request_id,
+    }
+
+
+async def get_history(request: Request) -> Response:
+    principal = await authenticate(request)
+    booking_id = request.path_params["id"]
+    events = await store.read_stream(
+        pool(request), streams.booking(principal.tenant_id, booking_id)
+    )
+    if not events:
+        raise NotFound(f"booking {booking_id!r} does not exist")
+    return json_response({"booking_id": booking_id, "events": [history_entry(e) for e in events]})
+
+
+routes = [
+    Route("/v1/bookings", post_booking, methods=["POST"]),
+    Route("/v1/bookings", list_bookings, methods=["GET"]),
+    Route("/v1/bookings/{id}", get_booking, methods=["GET"]),
+    Route("/v1/bookings/{id}/history", get_history, methods=["GET"]),
+    Route("/v1/bookings/{id}/confirm", confirm, methods=["POST"]),
+    Route("/v1/bookings/{id}/approve", approve, methods=["POST"]),
+    Route("/v1/bookings/{id}/reject", reject, methods=["POST"]),
+    Route("/v1/bookings/{id}/cancel", cancel, methods=["POST"]),
+    Route("/v1/bookings/{id}/reschedule", reschedule, methods=["POST"]),
+    Route("/v1/bookings/{id}/extend", extend, methods=["POST"]),
+    Route("/v1/sessions/{id}/bookings", post_seats, methods=["POST"]),
+]

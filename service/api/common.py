@@ -1,0 +1,276 @@
+"""What every endpoint shares: authentication, body decoding with errors that name the field,
+query parsing, idempotent command answers, and waiting for `min_position`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+import uuid
+from datetime import UTC, date, datetime
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
+
+import asyncpg
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.errors import (
+    Forbidden,
+    MalformedJson,
+    PayloadTooLarge,
+    Unauthorized,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+from service.events import EventMeta
+from service.handler import Commands, Idempotency, Render, Stored
+from service.tenants import KeyCache, Principal
+
+T = TypeVar("T")
+MAX_BODY = 64 * 1024
+ENCODER = msgspec.json.Encoder()
+_DECODERS: dict[type[Any], msgspec.json.Decoder[Any]] = {}
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(ENCODER.encode(body), status, headers, media_type="application/json")
+
+
+def pool(request: Request) -> asyncpg.Pool:
+    p: asyncpg.Pool = request.app.state.pool
+    return p
+
+
+def commands(request: Request) -> Commands:
+    c: Commands = request.app.state.commands
+    return c
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:20]}"
+
+
+async def authenticate(request: Request, *, public_ok: bool = False) -> Principal:
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise Unauthorized("missing or malformed Authorization header; use 'Bearer <key>'")
+    keys: KeyCache = request.app.state.keys
+    principal = await keys.lookup(pool(request), key.strip())
+    if principal is None:
+        raise Unauthorized("unknown API key")
+    if principal.kind == "public" and not public_ok:
+        raise Forbidden("a public key may only read availability and the session listing")
+    request.state.principal = principal
+    return principal
+
+
+def meta(request: Request, principal: Principal, idempotency_key: str | None = None) -> EventMeta:
+    request_id = getattr(request.state, "request_id", None)
+    return EventMeta(
+        tenant=principal.tenant_id,
+        actor=principal.key_id,
+        request_id=request_id,
+        correlation_id=request.headers.get("x-correlation-id") or request_id,
+        causation_id=request_id,
+        idempotency_key=idempotency_key,
+    )
+
+
+async def read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+        raise PayloadTooLarge(f"the body is {declared} bytes; at most {MAX_BODY} are accepted")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise PayloadTooLarge(f"the body is over {MAX_BODY} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _path_of(message: str) -> tuple[str, str]:
+    """Split msgspec's 'Expected `int`, got `str` - at `$.seats[0]`' into (path, message)."""
+    text, sep, where = message.rpartition(" - at `")
+    if not sep:
+        return "", message
+    path = where.rstrip("`").removeprefix("$").removeprefix(".")
+    if text.startswith("Object contains unknown field"):
+        field = text.split("`")[1]
+        return (f"{path}.{field}" if path else field), f"unknown field {field!r}"
+    if text.startswith("Object missing required field"):
+        field = text.split("`")[1]
+        return (f"{path}.{field}" if path else field), "this field is required"
+    return path, text
+
+
+def decode(body: bytes, kind: type[T], *, allow_empty: bool = False) -> T:
+    if not body.strip():
+        if allow_empty:
+            body = b"{}"
+        else:
+            raise MalformedJson("the request body is empty; a JSON object is expected")
+    decoder = _DECODERS.get(kind)
+    if decoder is None:
+        decoder = _DECODERS[kind] = msgspec.json.Decoder(kind)
+    try:
+        return decoder.decode(body)  # type: ignore[no-any-return]
+    except msgspec.ValidationError as exc:
+        raise ValidationFailed([_path_of(str(exc))]) from None
+    except msgspec.DecodeError as exc:
+        raise MalformedJson(f"the body is not valid JSON: {exc}") from None
+
+
+async def json_body(request: Request, kind: type[T], *, allow_empty: bool = False) -> T:
+    body = await read_body(request)
+    if body.strip() or not allow_empty:
+        ctype = request.headers.get("content-type", "")
+        if ctype.split(";")[0].strip().lower() != "application/json":
+            raise UnsupportedMediaType(
+                f"Content-Type must be application/json, not {ctype or 'missing'!r}"
+            )
+    request.state.raw_body = body
+    return decode(body, kind, allow_empty=allow_empty)
+
+
+def idempotency(request: Request) -> Idempotency | None:
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255:
+        raise ValidationFailed([("Idempotency-Key", "must be 1 to 255 characters")])
+    body: bytes = getattr(request.state, "raw_body", b"")
+    return Idempotency.of(key, request.method, request.url.path, body)
+
+
+def if_match(request: Request) -> int | None:
+    value = request.headers.get("if-match")
+    if value is None:
+        return None
+    text = value.strip().removeprefix("W/").strip('"')
+    if not text.isdigit():
+        raise ValidationFailed([("If-Match", f"expected a version like '\"3\"', got {value!r}")])
+    return int(text)
+
+
+async def run_command(
+    request: Request,
+    principal: Principal,
+    decide: Any,
+    render: Render,
+) -> Response:
+    """Run a decision; answer with `render`'s status and body, or the stored first answer."""
+    idem = idempotency(request)
+    result = await commands(request).run(
+        meta(request, principal, idem.key if idem else None), decide, idem=idem, render=render
+    )
+    if isinstance(result, Stored):
+        return Response(
+            result.body,
+            result.status,
+            {"Idempotent-Replayed": "true"},
+            media_type="application/json",
+        )
+    status, body = render(result)
+    return Response(body, status, media_type="application/json")
+
+
+# ── query parameters ────────────────────────────────────────────────────────
+
+
+def query_str(request: Request, name: str, *, required: bool = False) -> str | None:
+    value = request.query_params.get(name)
+    if value is None or value == "":
+        if required:
+            raise ValidationFailed([(name, "this query parameter is required")])
+        return None
+    return value
+
+
+def query_int(
+    request: Request, name: str, default: int | None, *, lo: int = 0, hi: int = 10**12
+) -> int | None:
+    value = query_str(request, name)
+    if value is None:
+        return default
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValidationFailed([(name, f"expected an integer, got {value!r}")]) from None
+    if not lo <= n <= hi:
+        raise ValidationFailed([(name, f"must be between {lo} and {hi}")])
+    return n
+
+
+def parse_zone(name: str | None, path: str = "timezone") -> ZoneInfo:
+    from service.catalogue import valid_timezone
+
+    zone = name or "UTC"
+    if not valid_timezone(zone):
+        raise ValidationFailed([(path, f"unknown IANA timezone {zone!r}")])
+    return ZoneInfo(zone)
+
+
+def parse_instant(value: str, path: str, zone: ZoneInfo, *, end_of_day: bool = False) -> datetime:
+    """RFC 3339 with an offset, or a bare YYYY-MM-DD meaning that local day's start (or, for an
+    upper bound, the next day's start) in `zone`."""
+    try:
+        if len(value) == 10:
+            d = date.fromisoformat(value)
+            if end_of_day:
+                d = date.fromordinal(d.toordinal() + 1)
+            return datetime(d.year, d.month, d.day, tzinfo=zone).astimezone(UTC)
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00").replace(" ", "+"))
+    except ValueError:
+        raise ValidationFailed(
+            [(path, f"expected an RFC 3339 timestamp with offset or a date, got {value!r}")]
+        ) from None
+    if dt.tzinfo is None:
+        raise ValidationFailed([(path, f"{value!r} has no UTC offset")])
+    return dt.astimezone(UTC)
+
+
+# ── cursors and read-your-writes ────────────────────────────────────────────
+
+
+def encode_cursor(*parts: str) -> str:
+    return base64.urlsafe_b64encode("\x1f".join(parts).encode()).decode().rstrip("=")
+
+
+def decode_cursor(text: str, n: int) -> list[str]:
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+        parts = raw.split("\x1f")
+    except (ValueError, UnicodeDecodeError):
+        parts = []
+    if len(parts) != n:
+        raise ValidationFailed([("cursor", "invalid cursor; pass back next_cursor unchanged")])
+    return parts
+
+
+async def wait_for_position(request: Request) -> None:
+    """Honour `?min_position=N`: wait (at most 2 s) until the event at N is committed, and with
+    it every read model written in its transaction."""
+    wanted = query_int(request, "min_position", None, lo=0)
+    if not wanted:
+        return
+    deadline = time.monotonic() + 2.0
+    db = pool(request)
+    while True:
+        head = await db.fetchval("SELECT EXISTS (SELECT 1 FROM events WHERE position = $1)", wanted)
+        if head or time.monotonic() >= deadline:
+            return
+        await asyncio.sleep(0.01)
+
+
+def encode_json(value: Any) -> bytes:
+    return ENCODER.encode(value)

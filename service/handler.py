@@ -1,0 +1,227 @@
+"""The shell around the decider: read → fold → decide → append, with the read models and the
+idempotency record written in the append's own transaction.
+
+Concurrency: the first attempt is optimistic (read without locks, append with the expected
+versions read). A loser (ConcurrencyError) re-decides on fresh state, but now inside a transaction
+that first takes transaction-level advisory locks on the streams it decides on, in sorted order:
+contenders for one hot stream (the seats of a popular class) then queue instead of retrying in a
+storm, and a loser of a taken slot gets its 409 at once from the fresh state. Advisory locks are
+only a queue; correctness still rests on the expected versions checked by the append.
+
+Idempotency: the answer to a command sent with an Idempotency-Key is stored in the same
+transaction as its events. A retry finds it and gets it back; a concurrent duplicate collides on
+the key's primary key, rolls back its own events, and returns the stored answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import asyncpg
+
+from projections.engine import write_streams
+from service import store
+from service.decider import Appends
+from service.errors import Conflict, IdempotencyKeyReused
+from service.events import EventMeta
+from service.store import AppendStream, ConcurrencyError, RecordedEvent
+
+MAX_ATTEMPTS: Final = 12
+Loaded = dict[str, list[RecordedEvent]]
+
+
+class Reader:
+    """What a decision may read: streams to fold (and lock, on a retry) and catalogue entries."""
+
+    def __init__(self, conn: asyncpg.Connection, *, lock: bool) -> None:
+        self.conn = conn
+        self.lock = lock
+        self.loaded: Loaded = {}
+        self.versions: dict[str, int] = {}
+
+    async def read(
+        self, full: Sequence[str], latest: Sequence[str] = ()
+    ) -> tuple[Loaded, dict[str, RecordedEvent]]:
+        wanted = [s for s in dict.fromkeys(full) if s not in self.loaded]
+        if self.lock and wanted:
+            await self.conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended(s, 0)) "
+                "FROM unnest($1::text[]) AS s ORDER BY s",
+                sorted(wanted),
+            )
+        got, newest = await store.read_for_decision(self.conn, wanted, latest)
+        self.loaded.update(got)
+        self.versions.update({s: len(events) for s, events in got.items()})
+        return {s: self.loaded[s] for s in full}, newest
+
+    async def read_latest(self, stream_id: str) -> RecordedEvent | None:
+        """The newest event of a stream whose last event is its whole state (a catalogue entry);
+        the decision may append to it with that version expected."""
+        _, newest = await store.read_for_decision(self.conn, (), [stream_id])
+        rec = newest.get(stream_id)
+        self.loaded[stream_id] = [rec] if rec else []
+        self.versions[stream_id] = rec.version if rec else 0
+        return rec
+
+    def new_stream(self, stream_id: str) -> None:
+        """Declare a stream the decision creates (appended with NO_STREAM)."""
+        self.loaded.setdefault(stream_id, [])
+        self.versions.setdefault(stream_id, 0)
+
+
+@dataclass(slots=True)
+class Done:
+    """A committed command: the streams as read, the new events, the last position."""
+
+    loaded: Loaded
+    new: Loaded = field(default_factory=dict)
+    position: int = 0
+
+    def stream(self, stream_id: str) -> list[RecordedEvent]:
+        return self.loaded.get(stream_id, []) + self.new.get(stream_id, [])
+
+
+@dataclass(frozen=True, slots=True)
+class Idempotency:
+    key: str
+    request_hash: bytes
+
+    @classmethod
+    def of(cls, key: str, method: str, path: str, body: bytes) -> Idempotency:
+        digest = hashlib.sha256(method.encode() + b" " + path.encode() + b"\n" + body).digest()
+        return cls(key, digest)
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    status: int
+    body: bytes
+
+
+Decide = Callable[[Reader], Awaitable[Appends]]
+Render = Callable[[Done], tuple[int, bytes]]
+
+
+async def find_idempotent(db: Any, tenant: str, idem: Idempotency | None) -> Stored | None:
+    """The stored first answer for this key, or None; 422 when the key was used for another
+    request."""
+    if idem is None:
+        return None
+    row = await db.fetchrow(
+        "SELECT request_hash, status, body FROM idempotency_keys WHERE tenant_id = $1 AND key = $2",
+        tenant,
+        idem.key,
+    )
+    if row is None:
+        return None
+    if bytes(row["request_hash"]) != idem.request_hash:
+        raise IdempotencyKeyReused(
+            f"Idempotency-Key {idem.key!r} was already used with a different request",
+            key=idem.key,
+        )
+    return Stored(row["status"], bytes(row["body"]))
+
+
+class Commands:
+    """Runs decisions against the store with retries, projections and idempotency."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.conflicts = 0  # version conflicts seen (for metrics)
+        self.retries = 0
+
+    async def run(
+        self,
+        meta: EventMeta,
+        decide: Decide,
+        *,
+        idem: Idempotency | None = None,
+        render: Render | None = None,
+    ) -> Done | Stored:
+        """Decide and commit. Returns the Done command, or the Stored first answer of an
+        idempotent retry. Raises the decider's ApiErrors (nothing is written then)."""
+        stored = await find_idempotent(self.pool, meta.tenant, idem)
+        if stored is not None:
+            return stored
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                async with self.pool.acquire() as conn:
+                    return await self._attempt(conn, meta, decide, idem, render, lock=attempt > 0)
+            except (ConcurrencyError, asyncpg.DeadlockDetectedError):
+                self.conflicts += 1
+                self.retries += 1
+                continue
+            except asyncpg.UniqueViolationError as exc:
+                if idem is not None and exc.table_name == "idempotency_keys":
+                    stored = await find_idempotent(self.pool, meta.tenant, idem)
+                    if stored is not None:
+                        return stored
+                raise
+            except Exception:
+                # A concurrent duplicate may have committed while this one failed: answer as it.
+                stored = await find_idempotent(self.pool, meta.tenant, idem)
+                if stored is not None:
+                    return stored
+                raise
+        raise Conflict(
+            "too much contention on the same streams; retry shortly", attempts=MAX_ATTEMPTS
+        )
+
+    async def _attempt(
+        self,
+        conn: asyncpg.Connection,
+        meta: EventMeta,
+        decide: Decide,
+        idem: Idempotency | None,
+        render: Render | None,
+        *,
+        lock: bool,
+    ) -> Done:
+        async with conn.transaction():
+            reader = Reader(conn, lock=lock)
+            appends = await decide(reader)
+            done = Done(reader.loaded)
+            if not any(appends.values()):
+                return done
+            missing = [s for s in appends if s not in reader.versions]
+            assert not missing, f"decision appends to streams it did not read: {missing}"
+            batch = [
+                AppendStream(s, reader.versions[s] or store.NO_STREAM, events)
+                for s, events in appends.items()
+                if events
+            ]
+            appended = await store.append(conn, batch, meta)
+            by_version = {(a.stream_id, a.version): a for a in appended}
+            for b in batch:
+                base = reader.versions[b.stream_id]
+                for i, event in enumerate(b.events, 1):
+                    a = by_version[(b.stream_id, base + i)]
+                    done.new.setdefault(b.stream_id, []).append(
+                        RecordedEvent(
+                            position=a.position,
+                            transaction_id=0,
+                            stream_id=b.stream_id,
+                            version=a.version,
+                            tenant_id=meta.tenant,
+                            event=event,  # type: ignore[arg-type]
+                            metadata=meta,
+                            recorded_at=a.recorded_at,
+                        )
+                    )
+            done.position = max(a.position for a in appended)
+            await write_streams(conn, {s: done.stream(s) for s in done.new})
+            if idem is not None and render is not None:
+                status, body = render(done)
+                await conn.execute(
+                    "INSERT INTO idempotency_keys (tenant_id, key, request_hash, status, body) "
+                    "VALUES ($1, $2, $3, $4, $5)",
+                    meta.tenant,
+                    idem.key,
+                    idem.request_hash,
+                    status,
+                    body,
+                )
+            return done

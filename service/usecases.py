@@ -1,0 +1,156 @@
+"""The application layer between HTTP (or a background worker) and the decider: for each kind of
+command, which streams to read, how to fold them, and which decision to call. Returns `Decide`
+callables for service/handler.py to run. No HTTP here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+
+from service import streams
+from service.commands import AddSeats, BookingCommand, HoldSlot, RescheduleBooking
+from service.decider import (
+    Appends,
+    Booking,
+    DayLedger,
+    SessionState,
+    blocked,
+    decide_add_seats,
+    decide_booking,
+    decide_hold,
+    duration_for,
+    fold_booking,
+    ledger_span,
+    ledger_streams,
+    policy_of,
+    selected_resources,
+)
+from service.errors import NotFound, VersionMismatch
+from service.events import ResourceUpserted, ServiceUpserted
+from service.handler import Decide, Done, Loaded, Reader
+from service.store import RecordedEvent
+
+
+def fold(events: list[RecordedEvent]) -> Booking | None:
+    return fold_booking((e.event, e.version, e.position, e.recorded_at) for e in events)
+
+
+def booking_after(done: Done, stream_id: str) -> Booking:
+    b = fold(done.stream(stream_id))
+    assert b is not None
+    return b
+
+
+def ledgers_of(loaded: Loaded) -> dict[str, DayLedger]:
+    out: dict[str, DayLedger] = {}
+    for stream_id, events in loaded.items():
+        if streams.kind_of(stream_id) == "rd":
+            ledger = DayLedger()
+            for e in events:
+                ledger.evolve(e.event)
+            out[stream_id] = ledger
+    return out
+
+
+def session_of(events: list[RecordedEvent]) -> SessionState:
+    state = SessionState()
+    for e in events:
+        state.evolve(e.event)
+    return state
+
+
+def catalogue_of(newest: Mapping[str, RecordedEvent]) -> dict[str, ResourceUpserted]:
+    return {
+        e.event.resource_id: e.event
+        for e in newest.values()
+        if isinstance(e.event, ResourceUpserted)
+    }
+
+
+async def read_service(r: Reader, tenant: str, service_id: str) -> ServiceUpserted:
+    _, found = await r.read((), [streams.service(tenant, service_id)])
+    rec = found.get(streams.service(tenant, service_id))
+    if rec is None or not isinstance(rec.event, ServiceUpserted):
+        raise NotFound(f"service {service_id!r} does not exist", service=service_id)
+    return rec.event
+
+
+def hold_decision(cmd: HoldSlot) -> Decide:
+    tenant = cmd.tenant
+    own = streams.booking(tenant, cmd.booking_id)
+
+    async def decide(r: Reader) -> Appends:
+        service = await read_service(r, tenant, cmd.service_id)
+        candidates = selected_resources(service, cmd.resources)
+        duration = duration_for(service, cmd.duration_minutes)
+        lo, hi = blocked(cmd.start, cmd.start + timedelta(minutes=duration), policy_of(service))
+        loaded, newest = await r.read(
+            ledger_streams(tenant, candidates, *ledger_span(lo, hi)),
+            [streams.resource(tenant, x) for x in candidates],
+        )
+        r.new_stream(own)
+        return decide_hold(cmd, service, catalogue_of(newest), ledgers_of(loaded))
+
+    return decide
+
+
+def seats_decision(cmd: AddSeats) -> Decide:
+    own = streams.booking(cmd.tenant, cmd.booking_id)
+    sid = streams.session(cmd.tenant, cmd.session_id)
+
+    async def decide(r: Reader) -> Appends:
+        loaded, _ = await r.read([sid])
+        r.new_stream(own)
+        return decide_add_seats(cmd, session_of(loaded[sid]))
+
+    return decide
+
+
+def booking_decision(cmd: BookingCommand, expected: int | None = None) -> Decide:
+    """Any command on an existing booking; `expected` is the If-Match version, if any."""
+    tenant = cmd.tenant
+    own = streams.booking(tenant, cmd.booking_id)
+
+    async def decide(r: Reader) -> Appends:
+        loaded, _ = await r.read([own])
+        booking = fold(loaded[own])
+        if booking is None:
+            raise NotFound(f"booking {cmd.booking_id!r} does not exist", booking=cmd.booking_id)
+        if expected is not None and expected != booking.version:
+            raise VersionMismatch(
+                f"booking {booking.id!r} is at version {booking.version}, not {expected}",
+                current_version=booking.version,
+            )
+        if booking.kind == "seat":
+            assert booking.session_id is not None
+            claims = [streams.session(tenant, booking.session_id)]
+        else:
+            claims = [
+                f"{streams.resource_days_prefix(tenant, res)}{day}"
+                for res in booking.resources
+                for day in booking.claim_days()
+            ]
+        service: ServiceUpserted | None = None
+        catalogue: dict[str, ResourceUpserted] = {}
+        if isinstance(cmd, RescheduleBooking) and booking.kind == "slot":
+            assert booking.service_id is not None
+            service = await read_service(r, tenant, booking.service_id)
+            pool_ids = sorted(set(service.resources) | set(booking.resources))
+            duration = duration_for(
+                service,
+                cmd.duration_minutes
+                if cmd.duration_minutes is not None
+                else int((booking.end - booking.start).total_seconds() // 60),
+            )
+            lo, hi = blocked(cmd.start, cmd.start + timedelta(minutes=duration), booking.policy)
+            claims += ledger_streams(tenant, pool_ids, *ledger_span(lo, hi))
+            loaded, newest = await r.read(claims, [streams.resource(tenant, x) for x in pool_ids])
+            catalogue = catalogue_of(newest)
+        else:
+            loaded, _ = await r.read(claims)
+        return decide_booking(
+            cmd, booking, service=service, catalogue=catalogue, ledgers=ledgers_of(loaded)
+        )
+
+    return decide

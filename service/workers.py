@@ -1,0 +1,116 @@
+"""Background workers, exactly one of each per cluster.
+
+Each worker holds a session-level PostgreSQL advisory lock on a dedicated connection while it
+runs; every process tries to take it, and the one that does works until its connection (or
+process) dies, which releases the lock so another process takes over within `retry` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Final
+
+import asyncpg
+
+from service.commands import ExpireHold
+from service.events import EventMeta
+from service.handler import Commands
+from service.logs import log
+from service.usecases import booking_decision
+
+LOCK_EXPIRER: Final = 7320101
+
+
+class LeaderWorker:
+    """Runs `step` every `interval` seconds while holding advisory lock `key`."""
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        key: int,
+        step: Callable[[], Awaitable[float | None]],
+        *,
+        interval: float = 1.0,
+        retry: float = 2.0,
+    ) -> None:
+        self.name = name
+        self.url = url
+        self.key = key
+        self.step = step
+        self.interval = interval
+        self.retry = retry
+        self.leading = False
+        self._task: asyncio.Task[None] | None = None
+        self.wake = asyncio.Event()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"worker:{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(
+                    self.url, server_settings={"application_name": f"slotlog:{self.name}"}
+                )
+                while True:
+                    if await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.key):
+                        break
+                    await asyncio.sleep(self.retry)
+                self.leading = True
+                log.info("worker.leading", worker=self.name)
+                while True:
+                    # The lock lives as long as this connection: prove it is still alive.
+                    await conn.fetchval("SELECT 1", timeout=5)
+                    pause = await self.step()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.wake.wait(), pause or self.interval)
+                    self.wake.clear()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a lost database must not kill the worker
+                log.warning("worker.error", worker=self.name, error=repr(exc))
+                await asyncio.sleep(self.retry)
+            finally:
+                self.leading = False
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(conn.close(timeout=2))
+
+
+class HoldExpirer:
+    """Writes HoldExpired for holds past their expiry (they already block nothing)."""
+
+    def __init__(self, pool: asyncpg.Pool, commands: Commands, batch: int = 200) -> None:
+        self.pool = pool
+        self.commands = commands
+        self.batch = batch
+        self.expired = 0
+
+    async def step(self) -> float | None:
+        now = datetime.now(UTC)
+        rows = await self.pool.fetch(
+            "SELECT tenant_id, booking_id FROM rm_bookings WHERE status = 'held' "
+            "AND expires_at <= $1 ORDER BY expires_at LIMIT $2",
+            now,
+            self.batch,
+        )
+        for row in rows:
+            cmd = ExpireHold(tenant=row["tenant_id"], now=now, booking_id=row["booking_id"])
+            meta = EventMeta(tenant=row["tenant_id"], actor="system:hold-expirer")
+            try:
+                await self.commands.run(meta, booking_decision(cmd))
+                self.expired += 1
+            except Exception as exc:
+                log.warning("expirer.failed", booking=row["booking_id"], error=repr(exc))
+        return 0.05 if len(rows) == self.batch else None
