@@ -102,7 +102,7 @@ def _path_of(message: str) -> tuple[str, str]:
     """Split msgspec's 'Expected `int`, got `str` - at `$.seats[0]`' into (path, message)."""
     text, sep, where = message.rpartition(" - at `")
     if not sep:
-        return "", message
+        text, where = message, "$`"
     path = where.rstrip("`").removeprefix("$").removeprefix(".")
     if text.startswith("Object contains unknown field"):
         field = text.split("`")[1]

@@ -1,0 +1,259 @@
+"""Errors, keys, tenancy, idempotency and If-Match over HTTP through the real app: every error
+has the SPEC §3 shape, names the problem, and a failed command leaves nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Api
+from tests.helpers import at, hold, iso, resource, service, weekday_ahead
+
+
+def error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error"}
+    assert body["error"]["code"] == code
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    assert isinstance(body["error"]["details"], dict)
+    assert "Traceback" not in r.text
+    return dict(body["error"])
+
+
+async def event_count(api: Api) -> int:
+    return int(await api.pool.fetchval("SELECT count(*) FROM events"))
+
+
+@pytest.fixture
+async def booked(api: Api) -> dict[str, Any]:
+    day = weekday_ahead(0)
+    await resource(api, "host")
+    await service(api, "s", ["host"])
+    return await hold(api, "s", at(day, "09:00"), customer={"name": "A"})
+
+
+class TestBadInput:
+    async def test_malformed_json(self, api: Api) -> None:
+        r = await api.client.post(
+            "/v1/bookings",
+            content=b'{"service": ',
+            headers={**api.secret, "content-type": "application/json"},
+        )
+        error(r, 400, "malformed_json")
+
+    async def test_unknown_field_is_named(self, api: Api, booked: dict[str, Any]) -> None:
+        r = await api.post(
+            "/v1/bookings", {"service": "s", "start": booked["start"], "colour": "red"}
+        )
+        e = error(r, 422, "validation_error")
+        assert e["details"]["errors"][0]["path"] == "colour"
+
+    async def test_wrong_type_is_named(self, api: Api) -> None:
+        r = await api.put(
+            "/v1/services/x", {"name": "X", "duration_minutes": "long", "resources": ["a"]}
+        )
+        e = error(r, 422, "validation_error")
+        assert e["details"]["errors"][0]["path"] == "duration_minutes"
+
+    async def test_missing_field_is_named(self, api: Api) -> None:
+        e = error(
+            await api.post("/v1/bookings", {"start": "2030-01-01T00:00:00Z"}),
+            422,
+            "validation_error",
+        )
+        assert e["details"]["errors"][0]["path"] == "service"
+
+    async def test_bad_timezone(self, api: Api) -> None:
+        e = error(
+            await api.put("/v1/resources/r", {"name": "R", "timezone": "Mars/Olympus"}),
+            422,
+            "validation_error",
+        )
+        assert e["details"]["errors"][0]["path"] == "timezone"
+        await resource(api, "r")
+        await service(api, "s", ["r"])
+        day = weekday_ahead(0).isoformat()
+        r = await api.get(
+            "/v1/availability",
+            params={"service": "s", "from": day, "to": day, "timezone": "Nowhere/Land"},
+        )
+        assert error(r, 422, "validation_error")["details"]["errors"][0]["path"] == "timezone"
+
+    async def test_bad_working_hours_are_named(self, api: Api) -> None:
+        r = await api.put(
+            "/v1/resources/r",
+            {"name": "R", "weekly": {"mon": [["17:00", "09:00"]], "funday": []}},
+        )
+        paths = [x["path"] for x in error(r, 422, "validation_error")["details"]["errors"]]
+        assert any(p.startswith("weekly.mon") for p in paths)
+        assert any("funday" in p for p in paths)
+
+    async def test_end_before_start_and_range_over_62_days(self, api: Api) -> None:
+        await resource(api, "r")
+        await service(api, "s", ["r"])
+        day = weekday_ahead(0)
+        r = await api.get(
+            "/v1/availability",
+            params={"service": "s", "from": iso(at(day, "12:00")), "to": iso(at(day, "09:00"))},
+        )
+        assert error(r, 422, "validation_error")["details"]["errors"][0]["path"] == "to"
+        r = await api.get(
+            "/v1/availability",
+            params={"service": "s", "from": "2030-01-01", "to": "2030-03-15"},
+        )
+        assert "62 days" in error(r, 422, "validation_error")["message"]
+        r = await api.get(
+            "/v1/availability", params={"service": "s", "from": "soon", "to": "later"}
+        )
+        assert error(r, 422, "validation_error")["details"]["errors"][0]["path"] == "from"
+        r = await api.get("/v1/availability", params={"from": "2030-01-01", "to": "2030-01-02"})
+        assert error(r, 422, "validation_error")["details"]["errors"][0]["path"] == "service"
+
+    async def test_a_timestamp_without_offset_is_refused(self, api: Api) -> None:
+        await resource(api, "r")
+        await service(api, "s", ["r"])
+        r = await api.post("/v1/bookings", {"service": "s", "start": "2030-01-07T09:00:00"})
+        assert error(r, 422, "validation_error")["details"]["errors"][0]["path"] == "start"
+
+    async def test_body_over_64_kib(self, api: Api) -> None:
+        r = await api.post("/v1/bookings", {"service": "s", "notes": "x" * 70_000})
+        error(r, 413, "payload_too_large")
+
+    async def test_wrong_content_type(self, api: Api) -> None:
+        r = await api.client.post(
+            "/v1/bookings",
+            content=b"service=s",
+            headers={**api.secret, "content-type": "text/plain"},
+        )
+        error(r, 415, "unsupported_media_type")
+
+    async def test_invalid_client_id(self, api: Api) -> None:
+        r = await api.put("/v1/resources/bad%20id!", {"name": "R"})
+        error(r, 422, "validation_error")
+
+    async def test_unknown_route_and_method(self, api: Api) -> None:
+        error(await api.get("/v1/nothing-here"), 404, "not_found")
+        r = await api.client.delete("/v1/bookings", headers=api.secret)
+        error(r, 405, "method_not_allowed")
+
+    async def test_service_must_name_existing_resources(self, api: Api) -> None:
+        r = await api.put(
+            "/v1/services/s", {"name": "S", "duration_minutes": 30, "resources": ["ghost"]}
+        )
+        assert error(r, 422, "validation_error")["details"]["errors"][0]["path"] == "resources[0]"
+
+    async def test_a_failed_command_leaves_no_trace(self, api: Api, booked: dict[str, Any]) -> None:
+        before = await event_count(api)
+        r = await api.post("/v1/bookings", {"service": "s", "start": booked["start"]})
+        error(r, 409, "slot_unavailable")
+        r = await api.post("/v1/bookings", {"service": "nope", "start": booked["start"]})
+        error(r, 404, "not_found")
+        assert await event_count(api) == before
+
+
+class TestKeys:
+    async def test_missing_or_unknown_key_is_unauthorized(self, api: Api) -> None:
+        error(await api.client.get("/v1/bookings"), 401, "unauthorized")
+        r = await api.client.get("/v1/bookings", headers={"Authorization": "Bearer sk_nope"})
+        error(r, 401, "unauthorized")
+
+    async def test_public_key_reads_availability_only(self, api: Api) -> None:
+        await resource(api, "r")
+        await service(api, "s", ["r"])
+        day = weekday_ahead(0).isoformat()
+        r = await api.client.get(
+            "/v1/availability",
+            params={"service": "s", "from": day, "to": day},
+            headers=api.public,
+        )
+        assert r.status_code == 200 and r.json()["data"]
+        for method, url in [
+            ("GET", "/v1/bookings"),
+            ("POST", "/v1/bookings"),
+            ("GET", "/v1/resources"),
+            ("PUT", "/v1/resources/r"),
+            ("GET", "/v1/services/s"),
+        ]:
+            resp = await api.client.request(method, url, headers=api.public, json={})
+            error(resp, 403, "forbidden")
+
+    async def test_keys_are_stored_hashed(self, api: Api) -> None:
+        stored = await api.pool.fetch("SELECT key_hash::text AS h FROM api_keys")
+        assert stored and all(api.tenant["secret_key"] not in row["h"] for row in stored)
+        columns = await api.pool.fetch(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'api_keys'"
+        )
+        assert "key" not in {c["column_name"] for c in columns}
+
+
+class TestTenancy:
+    async def test_another_tenants_ids_answer_404(self, api: Api, booked: dict[str, Any]) -> None:
+        other = await api.new_tenant()
+        error(await other.get("/v1/resources/host"), 404, "not_found")
+        error(await other.get("/v1/services/s"), 404, "not_found")
+        error(await other.get(f"/v1/bookings/{booked['id']}"), 404, "not_found")
+        error(await other.get(f"/v1/bookings/{booked['id']}/history"), 404, "not_found")
+        error(await other.post(f"/v1/bookings/{booked['id']}/cancel", {}), 404, "not_found")
+        assert (await other.get("/v1/bookings")).json()["data"] == []
+        # Same client ids in another tenant are separate objects.
+        await resource(other, "host")
+        await service(other, "s", ["host"])
+        mine = await hold(other, "s", at(weekday_ahead(0), "09:00"))
+        assert mine["status"] == "held"
+
+
+class TestIdempotency:
+    async def test_a_retry_with_the_same_key_appends_once_and_replays_the_answer(
+        self, api: Api
+    ) -> None:
+        await resource(api, "host")
+        await service(api, "s", ["host"])
+        body = {"service": "s", "start": iso(at(weekday_ahead(0), "09:00"))}
+        headers = {"Idempotency-Key": "checkout-42"}
+        before = await event_count(api)
+        first = await api.post("/v1/bookings", body, headers=headers)
+        assert first.status_code == 201
+        again = await api.post("/v1/bookings", body, headers=headers)
+        assert again.status_code == 201
+        assert again.headers["idempotent-replayed"] == "true"
+        assert again.json() == first.json()
+        assert await event_count(api) == before + 2  # SlotHeld + TimeClaimed, once
+        other = await api.post("/v1/bookings", {**body, "notes": "x"}, headers=headers)
+        error(other, 422, "idempotency_key_reused")
+
+    async def test_concurrent_duplicates_have_one_effect(self, api: Api) -> None:
+        await resource(api, "host")
+        await service(api, "s", ["host"])
+        body = {"service": "s", "start": iso(at(weekday_ahead(0), "10:00"))}
+        answers = await asyncio.gather(
+            *(api.post("/v1/bookings", body, headers={"Idempotency-Key": "same"}) for _ in range(8))
+        )
+        assert {a.status_code for a in answers} == {201}
+        assert len({a.json()["id"] for a in answers}) == 1
+        assert await api.pool.fetchval("SELECT count(*) FROM events WHERE type = 'SlotHeld'") == 1
+
+    async def test_the_key_length_is_bounded(self, api: Api) -> None:
+        r = await api.post("/v1/bookings", {"service": "s"}, headers={"Idempotency-Key": "k" * 256})
+        error(r, 422, "validation_error")
+
+
+class TestIfMatch:
+    async def test_a_stale_version_answers_412_and_changes_nothing(
+        self, api: Api, booked: dict[str, Any]
+    ) -> None:
+        url = f"/v1/bookings/{booked['id']}"
+        etag = (await api.get(url)).headers["etag"]
+        ok = await api.post(f"{url}/extend", {"seconds": 60}, headers={"If-Match": etag})
+        assert ok.status_code == 200 and ok.json()["version"] == 2
+        before = await event_count(api)
+        stale = await api.post(f"{url}/cancel", {}, headers={"If-Match": etag})
+        e = error(stale, 412, "version_mismatch")
+        assert e["details"]["current_version"] == 2
+        assert await event_count(api) == before
+        assert (await api.get(url)).json()["status"] == "held"
+        fresh = await api.post(f"{url}/cancel", {}, headers={"If-Match": '"2"'})
+        assert fresh.json()["status"] == "cancelled"
