@@ -24,7 +24,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api import availability, bookings, catalogue
+from service.api import availability, bookings, catalogue, sessions
 from service.db import create_pool
 from service.errors import ApiError, Unavailable
 from service.handler import Commands
@@ -164,6 +164,7 @@ def create_app(database_url: str | None = None, *, background: bool = True) -> S
         *catalogue.routes,
         *availability.routes,
         *bookings.routes,
+        *sessions.routes,
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.add_exception_handler(ApiError, _api_error)

@@ -78,6 +78,34 @@ class ExpireHold(Command, frozen=True, kw_only=True):
     booking_id: str
 
 
+class ScheduleSessions(Command, frozen=True, kw_only=True):
+    """Schedule (or re-PUT) one session with id `session_id`, or, with `repeat_weeks` = N, a
+    weekly series of N sessions `{session_id}-1` … `{session_id}-N` sharing series id
+    `session_id`, all or none."""
+
+    session_id: str
+    resource_id: str
+    start: datetime
+    end: datetime
+    title: str
+    description: str | None = None
+    location: str | None = None
+    max_seats: int
+    min_booking_notice_minutes: int = 0
+    max_advance_days: int | None = None
+    min_cancel_notice_minutes: int = 0
+    hold_seconds: int = 600
+    metadata: dict[str, Any] = {}
+    repeat_weeks: int | None = None
+
+
+class CancelSession(Command, frozen=True, kw_only=True):
+    """The owner cancels a session and every active seat booking on it."""
+
+    session_id: str
+    message: str | None = None
+
+
 BookingCommand = (
     ConfirmBooking
     | ApproveBooking

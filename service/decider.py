@@ -67,6 +67,7 @@ from service.events import (
     ServiceUpserted,
     SessionCancelled,
     SessionScheduled,
+    SessionUpdated,
     SlotHeld,
     TimeClaimed,
     TimeReleased,
@@ -246,6 +247,19 @@ class SessionState:
             case SessionCancelled():
                 self.status = "cancelled"
                 self.message = event.message
+            case SessionUpdated() if self.scheduled is not None:
+                self.scheduled = msgspec.structs.replace(
+                    self.scheduled,
+                    title=event.title,
+                    description=event.description,
+                    location=event.location,
+                    max_seats=event.max_seats,
+                    min_booking_notice_minutes=event.min_booking_notice_minutes,
+                    max_advance_days=event.max_advance_days,
+                    min_cancel_notice_minutes=event.min_cancel_notice_minutes,
+                    hold_seconds=event.hold_seconds,
+                    metadata=event.metadata,
+                )
             case SeatsClaimed():
                 self.claims[event.booking_id] = event
             case SeatsReleased():

@@ -185,6 +185,22 @@ class SessionCancelled(Event, frozen=True, kw_only=True):
     message: str | None = None
 
 
+class SessionUpdated(Event, frozen=True, kw_only=True):
+    """The owner changed a scheduled session's details (never its resource or time). Carries the
+    whole new set of editable fields; seat bookings keep the terms they were made under."""
+
+    session_id: str
+    title: str
+    description: str | None = None
+    location: str | None = None
+    max_seats: int
+    min_booking_notice_minutes: int = 0
+    max_advance_days: int | None = None
+    min_cancel_notice_minutes: int = 0
+    hold_seconds: int = 600
+    metadata: dict[str, Any] = {}
+
+
 # ── occupancy ledgers ───────────────────────────────────────────────────────
 
 
@@ -235,6 +251,7 @@ AnyEvent = (
     | BookingRescheduled
     | SessionScheduled
     | SessionCancelled
+    | SessionUpdated
     | TimeClaimed
     | TimeReleased
     | SeatsClaimed

@@ -9,7 +9,14 @@ from collections.abc import Mapping
 from datetime import timedelta
 
 from service import streams
-from service.commands import AddSeats, BookingCommand, HoldSlot, RescheduleBooking
+from service.commands import (
+    AddSeats,
+    BookingCommand,
+    CancelSession,
+    HoldSlot,
+    RescheduleBooking,
+    ScheduleSessions,
+)
 from service.decider import (
     Appends,
     Booking,
@@ -29,6 +36,7 @@ from service.decider import (
 from service.errors import NotFound, VersionMismatch
 from service.events import ResourceUpserted, ServiceUpserted
 from service.handler import Decide, Done, Loaded, Reader
+from service.sessions import check, decide_cancel_session, decide_schedule, member_ids, occurrences
 from service.store import RecordedEvent
 
 
@@ -152,5 +160,51 @@ def booking_decision(cmd: BookingCommand, expected: int | None = None) -> Decide
         return decide_booking(
             cmd, booking, service=service, catalogue=catalogue, ledgers=ledgers_of(loaded)
         )
+
+    return decide
+
+
+def schedule_decision(cmd: ScheduleSessions) -> Decide:
+    """Schedule a session or a weekly series: read each member's session stream and the
+    resource, then the resource's day ledgers that the members' times touch."""
+    tenant = cmd.tenant
+
+    async def decide(r: Reader) -> Appends:
+        check(cmd)
+        own = {sid: streams.session(tenant, sid) for sid in member_ids(cmd)}
+        res = streams.resource(tenant, cmd.resource_id)
+        loaded, newest = await r.read(list(own.values()), [res])
+        resource = catalogue_of(newest).get(cmd.resource_id)
+        ledgers: dict[str, DayLedger] = {}
+        if resource is not None:
+            days = [
+                stream_id
+                for o in occurrences(cmd, resource.timezone)
+                for stream_id in ledger_streams(tenant, [cmd.resource_id], o.start, o.end)
+            ]
+            ledgers = ledgers_of((await r.read(days))[0])
+        sessions = {sid: session_of(loaded[stream_id]) for sid, stream_id in own.items()}
+        return decide_schedule(cmd, resource, sessions, ledgers)
+
+    return decide
+
+
+def cancel_session_decision(cmd: CancelSession) -> Decide:
+    """Owner cancel: the session stream, then every seat booking it holds a claim for and the
+    day ledgers of its time, all appended with the versions read here."""
+    tenant = cmd.tenant
+    own = streams.session(tenant, cmd.session_id)
+
+    async def decide(r: Reader) -> Appends:
+        loaded, _ = await r.read([own])
+        session = session_of(loaded[own])
+        s = session.scheduled
+        if s is None:
+            raise NotFound(f"session {cmd.session_id!r} does not exist", session=cmd.session_id)
+        booking_streams = {b: streams.booking(tenant, b) for b in sorted(session.claims)}
+        days = ledger_streams(tenant, [s.resource_id], s.start, s.end)
+        more, _ = await r.read([*booking_streams.values(), *days])
+        bookings = {b: fold(more[stream_id]) for b, stream_id in booking_streams.items()}
+        return decide_cancel_session(cmd, session, bookings)
 
     return decide
