@@ -24,7 +24,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import openapi
 from service.api import availability, bookings, catalogue, sessions
+from service.api.schemas import Health
 from service.db import create_pool
 from service.errors import ApiError, Unavailable
 from service.handler import Commands
@@ -129,6 +131,26 @@ async def _internal(request: Request, exc: Exception) -> Response:
     return error_response(err)
 
 
+HEALTH_OPERATIONS = [
+    openapi.Op("GET", "/healthz", "Liveness", key="none", responses={200: Health}),
+    openapi.Op(
+        "GET",
+        "/readyz",
+        "Readiness: database reachable, projection lag",
+        key="none",
+        raw_response={200: {"description": "ready", "content": {"application/json": {}}}},
+        errors=[503],
+    ),
+    openapi.Op(
+        "GET",
+        "/openapi.json",
+        "This document",
+        key="none",
+        raw_response={200: {"description": "OpenAPI 3.1", "content": {"application/json": {}}}},
+    ),
+]
+
+
 def create_app(database_url: str | None = None, *, background: bool = True) -> Starlette:
     """The ASGI app. `background=False` runs no background workers (tests that drive them)."""
     configure_logging()
@@ -158,9 +180,19 @@ def create_app(database_url: str | None = None, *, background: bool = True) -> S
                 await w.stop()
             await pool.close()
 
+    api_modules = [catalogue, availability, bookings, sessions]
+    document = openapi.build(
+        [*HEALTH_OPERATIONS, *(op for m in api_modules for op in getattr(m, "operations", []))]
+    )
+    document_body = msgspec.json.encode(document)
+
+    async def openapi_json(request: Request) -> Response:
+        return Response(document_body, media_type="application/json")
+
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
         *catalogue.routes,
         *availability.routes,
         *bookings.routes,

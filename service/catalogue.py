@@ -136,21 +136,3 @@ def service_upserted(service_id: str, body: ServiceBody) -> ServiceUpserted:
         assignment=body.assignment,
         metadata=body.metadata,
     )
-
-
-def resource_view(r: ResourceUpserted, version: int) -> dict[str, Any]:
-    return {
-        "id": r.resource_id,
-        "name": r.name,
-        "timezone": r.timezone,
-        "weekly": r.weekly,
-        "overrides": r.overrides,
-        "metadata": r.metadata,
-        "version": version,
-    }
-
-
-def service_view(s: ServiceUpserted, version: int) -> dict[str, Any]:
-    view = msgspec.structs.asdict(s)
-    view.pop("service_id")
-    return {"id": s.service_id, **view, "duration_minutes": s.durations[0], "version": version}

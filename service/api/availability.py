@@ -4,7 +4,6 @@ slot computation (service/availability.py). Public and secret keys may call it."
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from starlette.requests import Request
@@ -23,9 +22,11 @@ from service.api.common import (
     query_str,
     wait_for_position,
 )
+from service.api.schemas import AvailabilityByDay, AvailabilityView, DaySlots, SlotView
 from service.availability import Busy, Slot, compute_slots
 from service.decider import calendar, duration_for, selected_resources, slot_rules
 from service.errors import ValidationFailed
+from service.openapi import MIN_POSITION, Op, Param
 
 MAX_RANGE = timedelta(days=62)
 
@@ -54,12 +55,12 @@ async def busy_by_resource(
     return out
 
 
-def render_slot(slot: Slot, zone: ZoneInfo) -> dict[str, Any]:
-    return {
-        "start": slot.start.astimezone(zone).isoformat(),
-        "end": slot.end.astimezone(zone).isoformat(),
-        "resources": list(slot.resources),
-    }
+def render_slot(slot: Slot, zone: ZoneInfo) -> SlotView:
+    return SlotView(
+        start=slot.start.astimezone(zone),
+        end=slot.end.astimezone(zone),
+        resources=list(slot.resources),
+    )
 
 
 async def get_availability(request: Request) -> Response:
@@ -100,27 +101,46 @@ async def get_availability(request: Request) -> Response:
         calendars = []
     slots = compute_slots(calendars, rules, start, end, now(), service.assignment)
     if group_by == "day":
-        days: dict[str, list[dict[str, Any]]] = {}
+        days: dict[str, list[SlotView]] = {}
         for slot in slots:
             day = slot.start.astimezone(zone).date().isoformat()
             days.setdefault(day, []).append(render_slot(slot, zone))
         return json_response(
-            {
-                "service": service_id,
-                "timezone": str(zone),
-                "days": [{"date": d, "slots": s} for d, s in days.items()],
-            }
+            AvailabilityByDay(
+                service=service_id,
+                timezone=str(zone),
+                days=[DaySlots(date=d, slots=s) for d, s in days.items()],
+            )
         )
     return json_response(
-        {
-            "service": service_id,
-            "timezone": str(zone),
-            "data": [render_slot(s, zone) for s in slots],
-            "next_cursor": None,
-        }
+        AvailabilityView(
+            service=service_id, timezone=str(zone), data=[render_slot(s, zone) for s in slots]
+        )
     )
 
 
 routes = [Route("/v1/availability", get_availability, methods=["GET"])]
 
 __all__ = ["UTC", "routes"]
+
+
+operations = [
+    Op(
+        "GET",
+        "/v1/availability",
+        "Free slots of a service; ?group_by=day answers AvailabilityByDay",
+        key="pk",
+        params=[
+            Param("service", required=True),
+            Param("from", required=True, description="RFC 3339 with offset, or YYYY-MM-DD"),
+            Param("to", required=True, description="RFC 3339 with offset, or YYYY-MM-DD"),
+            Param("timezone", description="IANA zone the slots are shown in (default UTC)"),
+            Param("resources", description="comma-separated ids narrowing the pool"),
+            Param("duration", {"type": "integer", "minimum": 1, "maximum": 1440}),
+            Param("group_by", {"type": "string", "enum": ["day"]}),
+            MIN_POSITION,
+        ],
+        responses={200: (AvailabilityView, AvailabilityByDay)},
+        errors=[404, 422],
+    )
+]

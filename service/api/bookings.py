@@ -31,6 +31,7 @@ from service.api.common import (
     run_command,
     wait_for_position,
 )
+from service.api.schemas import BookingPage, BookingView, HistoryEntry, HistoryView
 from service.catalogue import ID_PATTERN, check_metadata
 from service.commands import (
     AddSeats,
@@ -49,6 +50,7 @@ from service.decider import (
 from service.errors import NotFound, ValidationFailed
 from service.events import Customer
 from service.handler import Done
+from service.openapi import CURSOR, IDEMPOTENCY, IF_MATCH, LIMIT, MIN_POSITION, Op, Param
 from service.store import RecordedEvent
 from service.usecases import booking_after, booking_decision, hold_decision, seats_decision
 
@@ -119,32 +121,29 @@ def check_customer(customer: Customer | None) -> list[tuple[str, str]]:
 # ── views ────────────────────────────────────────────────────────────────────
 
 
-def booking_view(b: Booking, at: datetime) -> dict[str, Any]:
-    status = b.effective_status(at)
-    view: dict[str, Any] = {
-        "id": b.id,
-        "kind": b.kind,
-        "status": status,
-        "service": b.service_id,
-        "session": b.session_id,
-        "resources": b.resources,
-        "start": b.start,
-        "end": b.end,
-        "customer": b.customer,
-        "notes": b.notes,
-        "metadata": b.metadata,
-        "expires_at": b.expires_at if b.status == "held" else None,
-        "version": b.version,
-        "position": b.position,
-        "created_at": b.created_at,
-        "updated_at": b.updated_at,
-    }
-    if b.kind == "seat":
-        view["seats"] = b.seats
-    if b.status in ("cancelled", "rejected"):
-        view["cancelled_by"] = b.cancelled_by
-        view["reason"] = b.reason
-    return view
+def booking_view(b: Booking, at: datetime) -> BookingView:
+    ended = b.status in ("cancelled", "rejected")
+    return BookingView(
+        id=b.id,
+        kind=b.kind,
+        status=b.effective_status(at),
+        service=b.service_id,
+        session=b.session_id,
+        resources=b.resources,
+        start=b.start,
+        end=b.end,
+        seats=b.seats,
+        customer=b.customer,
+        notes=b.notes,
+        metadata=b.metadata,
+        expires_at=b.expires_at if b.status == "held" else None,
+        version=b.version,
+        position=b.position,
+        created_at=b.created_at,
+        updated_at=b.updated_at,
+        cancelled_by=b.cancelled_by if ended else None,  # type: ignore[arg-type]
+        reason=b.reason,
+    )
 
 
 def created(stream_id: str, at: datetime) -> Any:
@@ -369,22 +368,22 @@ async def list_bookings(request: Request) -> Response:
         else None
     )
     data = [booking_view(BOOKING_DECODER.decode(r["state"]), at) for r in page]
-    return json_response({"data": data, "next_cursor": next_cursor})
+    return json_response(BookingPage(data=data, next_cursor=next_cursor))
 
 
-def history_entry(e: RecordedEvent) -> dict[str, Any]:
-    data = msgspec.structs.asdict(e.event)
-    reason = data.get("reason") or e.metadata.reason
-    return {
-        "position": e.position,
-        "version": e.version,
-        "type": e.type,
-        "data": data,
-        "recorded_at": e.recorded_at,
-        "actor": e.metadata.actor,
-        "reason": reason,
-        "request_id": e.metadata.request_id,
-    }
+def history_entry(e: RecordedEvent) -> HistoryEntry:
+    data = msgspec.to_builtins(e.event)
+    data.pop("type", None)
+    return HistoryEntry(
+        position=e.position,
+        version=e.version,
+        type=e.type,
+        data=data,
+        recorded_at=e.recorded_at,
+        actor=e.metadata.actor,
+        reason=data.get("reason") or data.get("message") or e.metadata.reason,
+        request_id=e.metadata.request_id,
+    )
 
 
 async def get_history(request: Request) -> Response:
@@ -395,7 +394,9 @@ async def get_history(request: Request) -> Response:
     )
     if not events:
         raise NotFound(f"booking {booking_id!r} does not exist")
-    return json_response({"booking_id": booking_id, "events": [history_entry(e) for e in events]})
+    return json_response(
+        HistoryView(booking_id=booking_id, events=[history_entry(e) for e in events])
+    )
 
 
 routes = [
@@ -410,4 +411,115 @@ routes = [
     Route("/v1/bookings/{id}/reschedule", reschedule, methods=["POST"]),
     Route("/v1/bookings/{id}/extend", extend, methods=["POST"]),
     Route("/v1/sessions/{id}/bookings", post_seats, methods=["POST"]),
+]
+
+
+_CMD = [IDEMPOTENCY, IF_MATCH]
+_CONFLICTS = [404, 409, 412, 422]
+operations = [
+    Op(
+        "POST",
+        "/v1/bookings",
+        "Hold a slot (or book it at once with confirm: true)",
+        body=HoldBody,
+        responses={201: BookingView},
+        params=[IDEMPOTENCY],
+        errors=[404, 409],
+    ),
+    Op(
+        "GET",
+        "/v1/bookings",
+        "List bookings",
+        params=[
+            Param("resource"),
+            Param("service"),
+            Param("session"),
+            Param("status", {"type": "string", "enum": list(STATUSES)}),
+            Param("from"),
+            Param("to"),
+            LIMIT,
+            CURSOR,
+            MIN_POSITION,
+        ],
+        responses={200: BookingPage},
+        errors=[422],
+    ),
+    Op(
+        "GET",
+        "/v1/bookings/{id}",
+        "Read a booking (ETag: its version)",
+        params=[MIN_POSITION],
+        responses={200: BookingView},
+        errors=[404],
+    ),
+    Op(
+        "GET",
+        "/v1/bookings/{id}/history",
+        "Every event of a booking, oldest first",
+        responses={200: HistoryView},
+        errors=[404],
+    ),
+    Op(
+        "POST",
+        "/v1/bookings/{id}/confirm",
+        "Confirm a hold (pending if approval is required)",
+        body=ConfirmBody,
+        responses={200: BookingView},
+        params=_CMD,
+        errors=_CONFLICTS,
+    ),
+    Op(
+        "POST",
+        "/v1/bookings/{id}/approve",
+        "Approve a pending booking",
+        body=ReasonBody,
+        responses={200: BookingView},
+        params=_CMD,
+        errors=_CONFLICTS,
+    ),
+    Op(
+        "POST",
+        "/v1/bookings/{id}/reject",
+        "Reject a pending booking",
+        body=ReasonBody,
+        responses={200: BookingView},
+        params=_CMD,
+        errors=_CONFLICTS,
+    ),
+    Op(
+        "POST",
+        "/v1/bookings/{id}/cancel",
+        "Cancel a booking (customer cut-off applies)",
+        body=CancelBody,
+        responses={200: BookingView},
+        params=_CMD,
+        errors=_CONFLICTS,
+    ),
+    Op(
+        "POST",
+        "/v1/bookings/{id}/reschedule",
+        "Move a booking to a new time, atomically",
+        body=RescheduleBody,
+        responses={200: BookingView},
+        params=_CMD,
+        errors=_CONFLICTS,
+    ),
+    Op(
+        "POST",
+        "/v1/bookings/{id}/extend",
+        "Extend a hold's expiry",
+        body=ExtendBody,
+        responses={200: BookingView},
+        params=_CMD,
+        errors=_CONFLICTS,
+    ),
+    Op(
+        "POST",
+        "/v1/sessions/{id}/bookings",
+        "Take seats in a session",
+        body=SeatsBody,
+        responses={201: BookingView},
+        params=[IDEMPOTENCY],
+        errors=[404, 409],
+    ),
 ]

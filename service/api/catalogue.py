@@ -23,30 +23,56 @@ from service.api.common import (
     run_command,
     wait_for_position,
 )
+from service.api.schemas import ResourcePage, ResourceView, ServicePage, ServiceView
 from service.catalogue import (
     ResourceBody,
     ServiceBody,
     check_id,
     resource_upserted,
-    resource_view,
     service_upserted,
-    service_view,
 )
 from service.decider import Appends
 from service.errors import NotFound, ValidationFailed
 from service.events import ResourceUpserted, ServiceUpserted, decode
 from service.handler import Done, Reader
+from service.openapi import CURSOR, IDEMPOTENCY, LIMIT, MIN_POSITION, Op
 
 
-def _latest_view(done: Done, stream_id: str) -> dict[str, Any]:
-    rec = done.stream(stream_id)[-1]
-    event = rec.event
+def resource_view(r: ResourceUpserted, version: int, position: int) -> ResourceView:
+    return ResourceView(
+        id=r.resource_id,
+        name=r.name,
+        timezone=r.timezone,
+        weekly=r.weekly,
+        overrides=r.overrides,
+        metadata=r.metadata,
+        version=version,
+        position=position,
+    )
+
+
+def service_view(s: ServiceUpserted, version: int, position: int) -> ServiceView:
+    fields = msgspec.structs.asdict(s)
+    fields.pop("service_id")
+    return ServiceView(
+        id=s.service_id,
+        duration_minutes=s.durations[0],
+        version=version,
+        position=position,
+        **fields,
+    )
+
+
+def view_of(event: Any, version: int, position: int) -> ResourceView | ServiceView:
     if isinstance(event, ResourceUpserted):
-        view = resource_view(event, rec.version)
-    else:
-        assert isinstance(event, ServiceUpserted)
-        view = service_view(event, rec.version)
-    return {**view, "position": rec.position}
+        return resource_view(event, version, position)
+    assert isinstance(event, ServiceUpserted)
+    return service_view(event, version, position)
+
+
+def _latest_view(done: Done, stream_id: str) -> ResourceView | ServiceView:
+    rec = done.stream(stream_id)[-1]
+    return view_of(rec.event, rec.version, rec.position)
 
 
 async def put_resource(request: Request) -> Response:
@@ -113,14 +139,8 @@ async def _get(request: Request, table: str, key: str) -> Response:
     return json_response(_row_view(row))
 
 
-def _row_view(row: Any) -> dict[str, Any]:
-    event = decode(row["body"])
-    if isinstance(event, ResourceUpserted):
-        view = resource_view(event, row["version"])
-    else:
-        assert isinstance(event, ServiceUpserted)
-        view = service_view(event, row["version"])
-    return {**view, "position": row["position"]}
+def _row_view(row: Any) -> ResourceView | ServiceView:
+    return view_of(decode(row["body"]), row["version"], row["position"])
 
 
 async def _list(request: Request, table: str, key: str) -> Response:
@@ -139,7 +159,10 @@ async def _list(request: Request, table: str, key: str) -> Response:
     )
     page = rows[:limit]
     next_cursor = encode_cursor(page[-1]["id"]) if len(rows) > limit else None
-    return json_response({"data": [_row_view(r) for r in page], "next_cursor": next_cursor})
+    views = [_row_view(r) for r in page]
+    if table == "rm_resources":
+        return json_response(ResourcePage(data=views, next_cursor=next_cursor))  # type: ignore[arg-type]
+    return json_response(ServicePage(data=views, next_cursor=next_cursor))  # type: ignore[arg-type]
 
 
 async def get_resource(request: Request) -> Response:
@@ -191,4 +214,56 @@ routes = [
     Route("/v1/services", list_services, methods=["GET"]),
     Route("/v1/services/{id}", put_service, methods=["PUT"]),
     Route("/v1/services/{id}", get_service, methods=["GET"]),
+]
+
+
+operations = [
+    Op(
+        "GET",
+        "/v1/resources",
+        "List resources",
+        params=[LIMIT, CURSOR, MIN_POSITION],
+        responses={200: ResourcePage},
+        errors=[422],
+    ),
+    Op(
+        "PUT",
+        "/v1/resources/{id}",
+        "Create or update a resource (a bookable calendar)",
+        body=ResourceBody,
+        responses={200: ResourceView},
+        params=[IDEMPOTENCY],
+    ),
+    Op(
+        "GET",
+        "/v1/resources/{id}",
+        "Read a resource",
+        params=[MIN_POSITION],
+        responses={200: ResourceView},
+        errors=[404],
+    ),
+    Op(
+        "GET",
+        "/v1/services",
+        "List services",
+        params=[LIMIT, CURSOR, MIN_POSITION],
+        responses={200: ServicePage},
+        errors=[422],
+    ),
+    Op(
+        "PUT",
+        "/v1/services/{id}",
+        "Create or update a service (what can be booked)",
+        body=ServiceBody,
+        responses={200: ServiceView},
+        params=[IDEMPOTENCY],
+    ),
+    Op(
+        "GET",
+        "/v1/services/{id}",
+        "Read a service",
+        params=[MIN_POSITION],
+        responses={200: ServiceView},
+        errors=[404],
+    ),
 ]
