@@ -39,13 +39,15 @@ from service.api.common import (
     run_command,
     wait_for_position,
 )
+from service.api.schemas import BookingView, View
 from service.catalogue import ID_PATTERN, check_id, check_metadata
 from service.commands import CancelSession, ScheduleSessions
-from service.decider import SessionState
 from service.errors import NotFound, ValidationFailed
 from service.events import BookingCancelled
 from service.handler import Done
+from service.openapi import CURSOR, IDEMPOTENCY, LIMIT, MIN_POSITION, Op, Param
 from service.sessions import member_ids
+from service.tenants import Principal
 from service.usecases import cancel_session_decision, schedule_decision, session_of
 
 ClientId = Annotated[str, Meta(pattern=ID_PATTERN)]
@@ -112,10 +114,63 @@ CLAIMS_DECODER = msgspec.json.Decoder(dict[str, StoredClaim])
 
 # ── views ────────────────────────────────────────────────────────────────────
 
+SessionStatus = Literal["scheduled", "cancelled"]
+Claims = Iterable[tuple[int, datetime | None]]
 
-def seats_view(
-    max_seats: int, status: str, claims: Iterable[tuple[int, datetime | None]], at: datetime
-) -> dict[str, int]:
+
+class SeatsView(View, kw_only=True):
+    max: int
+    taken: int
+    held: int
+    left: int
+
+
+class PublicSessionView(View, kw_only=True):
+    """What anyone holding the public key may see: the session, never who booked it."""
+
+    id: str
+    series_id: str | None
+    resource: str
+    start: datetime
+    end: datetime
+    title: str
+    description: str | None
+    location: str | None
+    status: SessionStatus
+    seats: SeatsView
+
+
+class SessionView(PublicSessionView, kw_only=True, omit_defaults=True):
+    """The owner's view; `position` on command answers, `bookings` with ?include=bookings."""
+
+    message: str | None
+    max_seats: int
+    min_booking_notice_minutes: int
+    max_advance_days: int | None
+    min_cancel_notice_minutes: int
+    hold_seconds: int
+    metadata: dict[str, Any]
+    version: int
+    position: int | None = None
+    bookings: list[BookingView] | None = None
+
+
+class CancelledSessionView(SessionView, kw_only=True, omit_defaults=True):
+    cancelled_bookings: list[str]
+
+
+class SeriesView(View, kw_only=True):
+    series_id: str
+    data: list[SessionView]
+    position: int
+
+
+class SessionPage(View, kw_only=True):
+    data: list[PublicSessionView]
+    next_cursor: str | None
+
+
+def seats_view(max_seats: int, status: SessionStatus, claims: Claims, at: datetime) -> SeatsView:
     """taken: confirmed or pending seats; held: unexpired holds; left: what can still be booked
     (none once the session is cancelled)."""
     taken = held = 0
@@ -125,13 +180,12 @@ def seats_view(
         elif at < expires_at:
             held += seats
     left = max(0, max_seats - taken - held) if status == "scheduled" else 0
-    return {"max": max_seats, "taken": taken, "held": held, "left": left}
+    return SeatsView(max=max_seats, taken=taken, held=held, left=left)
 
 
-def public_view(
-    s: StoredSession, status: str, claims: Iterable[tuple[int, datetime | None]], at: datetime
+def _public_fields(
+    s: StoredSession, status: SessionStatus, claims: Claims, at: datetime
 ) -> dict[str, Any]:
-    """What anyone holding the public key may see: the session, never who booked it."""
     return {
         "id": s.session_id,
         "series_id": s.series_id,
@@ -146,36 +200,57 @@ def public_view(
     }
 
 
+def public_view(
+    s: StoredSession, status: SessionStatus, claims: Claims, at: datetime
+) -> PublicSessionView:
+    return PublicSessionView(**_public_fields(s, status, claims, at))
+
+
 def full_view(
     s: StoredSession,
-    status: str,
-    claims: Iterable[tuple[int, datetime | None]],
+    status: SessionStatus,
+    claims: Claims,
     at: datetime,
     version: int,
-) -> dict[str, Any]:
-    return {
-        **public_view(s, status, claims, at),
-        "message": s.message,
-        "max_seats": s.max_seats,
-        "min_booking_notice_minutes": s.min_booking_notice_minutes,
-        "max_advance_days": s.max_advance_days,
-        "min_cancel_notice_minutes": s.min_cancel_notice_minutes,
-        "hold_seconds": s.hold_seconds,
-        "metadata": s.metadata,
-        "version": version,
-    }
+    kind: type[SessionView] = SessionView,
+    **extra: Any,
+) -> SessionView:
+    return kind(
+        **_public_fields(s, status, claims, at),
+        message=s.message,
+        max_seats=s.max_seats,
+        min_booking_notice_minutes=s.min_booking_notice_minutes,
+        max_advance_days=s.max_advance_days,
+        min_cancel_notice_minutes=s.min_cancel_notice_minutes,
+        hold_seconds=s.hold_seconds,
+        metadata=s.metadata,
+        version=version,
+        **extra,
+    )
 
 
-def state_view(state: SessionState, at: datetime, position: int) -> dict[str, Any]:
+def view_after(
+    done: Done,
+    tenant: str,
+    session_id: str,
+    at: datetime,
+    kind: type[SessionView] = SessionView,
+    **extra: Any,
+) -> SessionView:
+    """The session as the command left it, with the position of its stream's last event."""
+    events = done.stream(streams.session(tenant, session_id))
+    state = session_of(events)
     assert state.scheduled is not None
     stored = StoredSession(**msgspec.structs.asdict(state.scheduled), message=state.message)
     claims = [(c.seats, c.expires_at) for c in state.claims.values()]
-    return {**full_view(stored, state.status, claims, at, state.version), "position": position}
+    position = events[-1].position if events else 0
+    return full_view(
+        stored, state.status, claims, at, state.version, kind, position=position, **extra
+    )
 
 
-def view_after(done: Done, tenant: str, session_id: str, at: datetime) -> dict[str, Any]:
-    events = done.stream(streams.session(tenant, session_id))
-    return state_view(session_of(events), at, events[-1].position if events else 0)
+def row_status(value: str) -> SessionStatus:
+    return "cancelled" if value == "cancelled" else "scheduled"
 
 
 def row_claims(raw: str) -> list[tuple[int, datetime | None]]:
@@ -212,7 +287,7 @@ def schedule_command(
     )
 
 
-async def _schedule(request: Request, cmd: ScheduleSessions, principal: Any) -> Response:
+async def _schedule(request: Request, cmd: ScheduleSessions, principal: Principal) -> Response:
     ids = member_ids(cmd)
 
     def render(done: Done) -> tuple[int, bytes]:
@@ -225,9 +300,10 @@ async def _schedule(request: Request, cmd: ScheduleSessions, principal: Any) -> 
         status = 201 if created else 200
         if cmd.repeat_weeks is None:
             return status, encode_json(views[0])
-        position = max(v["position"] for v in views)
-        body = {"series_id": cmd.session_id, "data": views, "position": position}
-        return status, encode_json(body)
+        position = max(v.position or 0 for v in views)
+        return status, encode_json(
+            SeriesView(series_id=cmd.session_id, data=views, position=position)
+        )
 
     return await run_command(request, principal, schedule_decision(cmd), render)
 
@@ -265,8 +341,15 @@ async def cancel_session(request: Request) -> Response:
             for e in events
             if isinstance(e.event, BookingCancelled)
         )
-        view = view_after(done, cmd.tenant, cmd.session_id, cmd.now)
-        return 200, encode_json({**view, "cancelled_bookings": cancelled})
+        view = view_after(
+            done,
+            cmd.tenant,
+            cmd.session_id,
+            cmd.now,
+            CancelledSessionView,
+            cancelled_bookings=cancelled,
+        )
+        return 200, encode_json(view)
 
     return await run_command(request, principal, cancel_session_decision(cmd), render)
 
@@ -320,10 +403,12 @@ async def list_sessions(request: Request) -> Response:
         else None
     )
     data = [
-        public_view(SESSION_DECODER.decode(r["body"]), r["status"], row_claims(r["claims"]), at)
+        public_view(
+            SESSION_DECODER.decode(r["body"]), row_status(r["status"]), row_claims(r["claims"]), at
+        )
         for r in page
     ]
-    return json_response({"data": data, "next_cursor": next_cursor})
+    return json_response(SessionPage(data=data, next_cursor=next_cursor))
 
 
 async def get_session(request: Request) -> Response:
@@ -343,21 +428,23 @@ async def get_session(request: Request) -> Response:
     if row is None:
         raise NotFound(f"session {session_id!r} does not exist", session=session_id)
     at = now()
-    view = full_view(
-        SESSION_DECODER.decode(row["body"]),
-        row["status"],
-        row_claims(row["claims"]),
-        at,
-        row["version"],
-    )
+    bookings: list[BookingView] | None = None
     if "bookings" in include:
-        bookings = await db.fetch(
+        rows = await db.fetch(
             "SELECT state::text AS state FROM rm_bookings WHERE tenant_id = $1 "
             "AND session_id = $2 ORDER BY created_at, booking_id",
             principal.tenant_id,
             session_id,
         )
-        view["bookings"] = [booking_view(BOOKING_DECODER.decode(b["state"]), at) for b in bookings]
+        bookings = [booking_view(BOOKING_DECODER.decode(b["state"]), at) for b in rows]
+    view = full_view(
+        SESSION_DECODER.decode(row["body"]),
+        row_status(row["status"]),
+        row_claims(row["claims"]),
+        at,
+        row["version"],
+        bookings=bookings,
+    )
     return json_response(view, headers={"ETag": f'"{row["version"]}"'})
 
 
@@ -367,4 +454,58 @@ routes = [
     Route("/v1/sessions/{id}", put_session, methods=["PUT"]),
     Route("/v1/sessions/{id}", get_session, methods=["GET"]),
     Route("/v1/sessions/{id}/cancel", cancel_session, methods=["POST"]),
+]
+
+operations = [
+    Op(
+        "POST",
+        "/v1/sessions",
+        "Schedule a session, or a weekly series with repeat (all or none)",
+        body=SessionBody,
+        responses={201: (SessionView, SeriesView)},
+        params=[IDEMPOTENCY],
+        errors=[409],
+    ),
+    Op(
+        "GET",
+        "/v1/sessions",
+        "The public listing: sessions with seat counts, never customer data",
+        key="pk",
+        params=[
+            Param("resource"),
+            Param("status", {"type": "string", "enum": list(STATUSES)}),
+            Param("from"),
+            Param("to"),
+            LIMIT,
+            CURSOR,
+            MIN_POSITION,
+        ],
+        responses={200: SessionPage},
+        errors=[422],
+    ),
+    Op(
+        "PUT",
+        "/v1/sessions/{id}",
+        "Schedule a session by client id (a weekly series with repeat); re-PUT updates details",
+        body=SessionBody,
+        responses={200: (SessionView, SeriesView), 201: (SessionView, SeriesView)},
+        errors=[409],
+    ),
+    Op(
+        "GET",
+        "/v1/sessions/{id}",
+        "One session; with include=bookings, its seat bookings and their customers",
+        params=[Param("include", {"type": "string", "enum": ["bookings"]}), MIN_POSITION],
+        responses={200: SessionView},
+        errors=[404, 422],
+    ),
+    Op(
+        "POST",
+        "/v1/sessions/{id}/cancel",
+        "Owner cancel: the session and every active seat booking, in one atomic step",
+        body=CancelSessionBody,
+        responses={200: CancelledSessionView},
+        params=[IDEMPOTENCY],
+        errors=[404, 409],
+    ),
 ]
