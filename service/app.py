@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,14 +24,16 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import openapi
-from service.api import availability, bookings, catalogue, sessions
+from service.api import availability, bookings, catalogue, ops, sessions
+from service.api import events as events_api
+from service.api import webhooks as webhooks_api
 from service.api.schemas import Health
+from service.background import Background
 from service.db import create_pool
 from service.errors import ApiError, Unavailable
-from service.handler import Commands
 from service.logs import configure_logging, log
+from service.metrics import Metrics, MetricsMiddleware
 from service.tenants import KeyCache
-from service.workers import LOCK_EXPIRER, HoldExpirer, LeaderWorker
 
 _JSON = msgspec.json.Encoder()
 _HTTP_CODES = {
@@ -85,24 +86,6 @@ async def healthz(request: Request) -> Response:
     return json_response({"status": "ok"})
 
 
-async def readyz(request: Request) -> Response:
-    pool: asyncpg.Pool = request.app.state.pool
-    started = time.perf_counter()
-    try:
-        await pool.fetchval("SELECT 1", timeout=2)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-        log.warning("readyz.database_unreachable", error=str(exc))
-        return error_response(
-            Unavailable("the database is unreachable"), headers={"Retry-After": "1"}
-        )
-    return json_response(
-        {
-            "status": "ok",
-            "database": {"ok": True, "latency_ms": (time.perf_counter() - started) * 1e3},
-        }
-    )
-
-
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     headers = {"Retry-After": "1"} if isinstance(exc, Unavailable) else None
@@ -115,6 +98,22 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     err = ApiError(str(exc.detail))
     err.status, err.code = exc.status_code, code
     return error_response(err, dict(exc.headers or {}))
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Is this the database being unreachable (rather than a bug)? Connection failures, an
+    administrator shutdown or recovery (SQLSTATE classes 08 and 57), too many connections (53),
+    and timeouts waiting for a connection."""
+    if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
+        return True
+    state = getattr(exc, "sqlstate", None) or ""
+    return isinstance(exc, asyncpg.PostgresError) and state[:2] in ("08", "57", "53")
+
+
+async def _postgres_error(request: Request, exc: Exception) -> Response:
+    if database_unavailable(exc):
+        return await _database_down(request, exc)
+    return await _internal(request, exc)
 
 
 async def _database_down(request: Request, exc: Exception) -> Response:
@@ -163,24 +162,21 @@ def create_app(database_url: str | None = None, *, background: bool = True) -> S
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.pool = pool = await create_pool(url)
-        app.state.commands = commands = Commands(pool)
+        jobs = Background(url, pool, metrics)  # commands, workers, wake-ups
+        app.state.commands = jobs.commands
         app.state.keys = KeyCache()
-        expirer = HoldExpirer(pool, commands)
-        app.state.workers = workers = [
-            LeaderWorker("hold-expirer", url, LOCK_EXPIRER, expirer.step, interval=1.0)
-        ]
+        app.state.workers = jobs.workers
         if background:
-            for w in workers:
-                w.start()
+            jobs.start()
         log.info("app.started")
         try:
             yield
         finally:
-            for w in workers:
-                await w.stop()
+            await jobs.stop()
             await pool.close()
 
-    api_modules = [catalogue, availability, bookings, sessions]
+    metrics = Metrics()
+    api_modules = [catalogue, availability, bookings, sessions, events_api, webhooks_api, ops]
     document = openapi.build(
         [*HEALTH_OPERATIONS, *(op for m in api_modules for op in getattr(m, "operations", []))]
     )
@@ -191,18 +187,23 @@ def create_app(database_url: str | None = None, *, background: bool = True) -> S
 
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
+        *ops.routes,
         *catalogue.routes,
         *availability.routes,
         *bookings.routes,
         *sessions.routes,
+        *events_api.routes,
+        *webhooks_api.routes,
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.metrics = metrics
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(HTTPException, _http_error)
-    for exc_type in (OSError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError):
+    for exc_type in (OSError, TimeoutError, asyncpg.InterfaceError):
         app.add_exception_handler(exc_type, _database_down)
+    app.add_exception_handler(asyncpg.PostgresError, _postgres_error)
     app.add_exception_handler(Exception, _internal)
     app.add_middleware(RequestContext)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
