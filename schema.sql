@@ -254,3 +254,83 @@ CREATE INDEX IF NOT EXISTS rm_sessions_stream ON rm_sessions (stream_id);
 CREATE INDEX IF NOT EXISTS rm_sessions_start ON rm_sessions (tenant_id, start_at, session_id);
 
 SELECT pg_advisory_unlock(7320001);
+
+-- ───────────────────────────── projections' checkpoints ─────────────────────────────
+-- Asynchronous consumers of the log (the projection runner's projections, the webhook
+-- dispatcher) remember here the last (transaction_id, position) they applied. A consumer changes
+-- its rows and its checkpoint in one transaction, and takes this row FOR UPDATE first, so a crash
+-- never loses or double-applies an event and `slotlog replay` can swap a rebuilt table in under
+-- the same lock. See projections/runner.py.
+SELECT pg_advisory_lock(7320001);
+
+CREATE TABLE IF NOT EXISTS projection_checkpoints (
+    name           text PRIMARY KEY,
+    transaction_id xid8        NOT NULL DEFAULT '0',
+    position       bigint      NOT NULL DEFAULT 0,
+    updated_at     timestamptz NOT NULL DEFAULT now()
+);
+
+-- rm_tenant_stats (projections/stats.py): per-tenant event counters, maintained incrementally by
+-- the runner (`events = events + n`), so an event applied twice or lost would show.
+CREATE TABLE IF NOT EXISTS rm_tenant_stats (
+    tenant_id        text        PRIMARY KEY,
+    events           bigint      NOT NULL,
+    by_type          jsonb       NOT NULL,
+    last_position    bigint      NOT NULL,
+    last_recorded_at timestamptz
+);
+
+-- {"A": 1, "B": 2} + {"B": 1, "C": 5} = {"A": 1, "B": 3, "C": 5}: adds per-type counters.
+CREATE OR REPLACE FUNCTION slotlog_add_counts(a jsonb, b jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT coalesce(jsonb_object_agg(k, coalesce((a ->> k)::bigint, 0)
+                                        + coalesce((b ->> k)::bigint, 0)), '{}'::jsonb)
+    FROM (SELECT jsonb_object_keys(a) UNION SELECT jsonb_object_keys(b)) AS keys (k)
+$$;
+
+SELECT pg_advisory_unlock(7320001);
+
+-- ───────────────────────────── webhooks ─────────────────────────────
+-- A subscription receives its tenant's matching events in log order, at least once. The
+-- dispatcher (an asynchronous consumer, checkpoint 'webhooks') adds one delivery per matching
+-- subscription and event; the sender attempts only the oldest pending delivery of each
+-- subscription, so event k+1 is never sent before event k was delivered or given up. See
+-- service/webhooks.py.
+SELECT pg_advisory_lock(7320001);
+
+CREATE TABLE IF NOT EXISTS webhook_subscriptions (
+    tenant_id  text        NOT NULL,
+    webhook_id text        NOT NULL,
+    url        text        NOT NULL,
+    events     text[]      NOT NULL,
+    secret     text        NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, webhook_id)
+);
+
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    delivery_id     bigserial   PRIMARY KEY,
+    tenant_id       text        NOT NULL,
+    webhook_id      text        NOT NULL,
+    event_position  bigint      NOT NULL,
+    event_type      text        NOT NULL,
+    -- pending → delivered, or → failed once retries have gone on for the give-up period (24 h).
+    status          text        NOT NULL DEFAULT 'pending'
+                    CHECK (status IN ('pending', 'delivered', 'failed')),
+    attempt_count   int         NOT NULL DEFAULT 0,
+    -- [{at, status_code, error, duration_ms}], oldest first.
+    attempts        jsonb       NOT NULL DEFAULT '[]',
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    completed_at    timestamptz,
+    UNIQUE (tenant_id, webhook_id, event_position),
+    FOREIGN KEY (tenant_id, webhook_id)
+        REFERENCES webhook_subscriptions (tenant_id, webhook_id) ON DELETE CASCADE
+);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_order
+    ON webhook_deliveries (tenant_id, webhook_id, delivery_id);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_pending
+    ON webhook_deliveries (tenant_id, webhook_id, delivery_id) WHERE status = 'pending';
+
+SELECT pg_advisory_unlock(7320001);

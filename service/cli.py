@@ -13,7 +13,7 @@ import ctypes
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from service.db import EmbeddedPostgres, data_dir, ensure_database, migrate
 
@@ -109,6 +109,34 @@ def cmd_tenants_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_database(run: Callable[[str], int]) -> int:
+    url, embedded = _database_url()
+    try:
+        asyncio.run(migrate(url))
+        return run(url)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from service.admin import replay_main
+
+    return _with_database(lambda url: replay_main(url, args.projection, verify=args.verify))
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from service.admin import history_main
+
+    return _with_database(lambda url: history_main(url, args.booking_id, args.tenant))
+
+
+def cmd_project(args: argparse.Namespace) -> int:
+    from service.admin import project_main
+
+    return _with_database(lambda url: project_main(url, until_caught_up=args.until_caught_up))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slotlog", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -127,6 +155,28 @@ def build_parser() -> argparse.ArgumentParser:
     tcreate = tsub.add_parser("create", help="create a tenant; prints its id and keys as JSON")
     tcreate.add_argument("name")
     tcreate.set_defaults(func=cmd_tenants_create)
+
+    replay = sub.add_parser(
+        "replay", help="rebuild read models from the log and swap them in (or --verify)"
+    )
+    replay.add_argument(
+        "--projection", action="append", metavar="NAME", help="only this one (repeatable)"
+    )
+    replay.add_argument(
+        "--verify", action="store_true", help="compare with the live tables; exit 1 on a difference"
+    )
+    replay.set_defaults(func=cmd_replay)
+
+    history = sub.add_parser("history", help="a booking's events as a table (audit trail)")
+    history.add_argument("booking_id")
+    history.add_argument("--tenant", help="the tenant id, when the id exists in several")
+    history.set_defaults(func=cmd_history)
+
+    project = sub.add_parser("project", help="run the projection runner (one per cluster)")
+    project.add_argument(
+        "--until-caught-up", action="store_true", help="exit once no projection lags"
+    )
+    project.set_defaults(func=cmd_project)
     return parser
 
 

@@ -1,0 +1,575 @@
+"""Rebuild read models from the log into fresh tables, then verify them against the live tables
+or swap them in while the API keeps serving.
+
+Inline read models (projections/readmodels.py; each row the fold of one stream):
+1. In one REPEATABLE READ snapshot S0, read every event of the wanted stream kinds ordered by
+   (stream_id, version), fold each stream and COPY the rows into `<table>_rebuild` (created LIKE
+   the live table, indexes added after the load). Per-stream version order matters: log order
+   (transaction_id, position) does not preserve it, because a transaction that started earlier
+   can append a stream's next version after waiting on the stream's row lock.
+2. Catch up: the streams with events visible now but not in the previous snapshot
+   (`transaction_id >= xmin(S) AND NOT pg_visible_in_snapshot(transaction_id, S)`) are re-folded
+   whole into the fresh table (idempotent), until the remaining delta is small.
+3. Swap, in one short transaction: LOCK the live tables IN EXCLUSIVE MODE (inline writers wait,
+   readers go on), re-fold the last delta, drop the live table and rename the rebuilt one and its
+   indexes to the live names. Every command that committed rows to a live table before the lock
+   is in the delta; a command still waiting on the lock writes its (whole-stream) fold into the
+   new table once we commit, so nothing written meanwhile is lost. Lock waits are bounded by
+   lock_timeout; on timeout we catch up once more and retry, so commands are never stuck behind
+   us for long.
+`--verify` instead compares rebuilt and live tables row by row inside one REPEATABLE READ
+snapshot, after re-folding the delta up to that snapshot (inline rows commit with their events,
+so a snapshot sees both consistently). Nothing is swapped.
+
+Asynchronous projections (projections/runner.py) are rebuilt by applying the log from position 0
+in log order. The swap takes the projection's checkpoint row FOR UPDATE (the runner's batches take
+it first too), brings the rebuilt table up to the live checkpoint if the runner was ahead, and sets
+the checkpoint to the rebuilt table's in the same transaction. Verify rebuilds up to the live
+checkpoint read at the start and, in the comparing snapshot, applies what the runner did since.
+
+Imports the projections and the store; nothing here knows about HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import asyncpg
+import msgspec
+
+from projections.engine import write_streams
+from projections.readmodels import PROJECTIONS, Projection, Row, projection_for
+from projections.runner import (
+    ASYNC_PROJECTIONS,
+    AsyncProjection,
+    lock_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
+from service import store, streams
+from service.events import META_DECODER, decode
+from service.store import START, Checkpoint, RecordedEvent
+
+REPLAY_LOCK: Final = 7320190
+READ_CHUNK: Final = 5000
+COPY_CHUNK: Final = 5000
+SMALL_DELTA: Final = 200
+MAX_CATCH_UP_ROUNDS: Final = 8
+MAX_SWAP_ATTEMPTS: Final = 30
+SWAP_LOCK_TIMEOUT: Final = "500ms"
+SHOWN_DIFFERENCES: Final = 20
+
+# progress(stage, advance, total): total is set once per stage, then advance is reported.
+Progress = Callable[[str, int, int | None], None]
+
+
+def _no_progress(stage: str, advance: int, total: int | None) -> None:
+    return None
+
+
+class ReplayError(Exception):
+    """Replay could not run (unknown projection, another replay running, …)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    name: str
+    table: str
+    key: tuple[str, ...]
+    inline: Projection[Any] | None = None
+    async_projection: AsyncProjection | None = None
+
+    @property
+    def rebuild(self) -> str:
+        return f"{self.table}_rebuild"
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    table: str
+    key: dict[str, Any]
+    column: str | None  # None: the row exists on one side only
+    live: Any
+    rebuilt: Any
+
+    def __str__(self) -> str:
+        key = ", ".join(f"{k}={v}" for k, v in self.key.items())
+        if self.column is None:
+            side = "live only" if self.rebuilt is None else "rebuilt only (missing in live)"
+            return f"{self.table} ({key}): row {side}"
+        return (
+            f"{self.table} ({key}): column {self.column}: "
+            f"live {self.live!r}, rebuilt {self.rebuilt!r}"
+        )
+
+
+@dataclass(slots=True)
+class Result:
+    projections: list[str]
+    events: int = 0
+    seconds: float = 0.0
+    catch_up_rounds: int = 0
+    swap_attempts: int = 0
+    differences: list[Difference] = field(default_factory=list)
+    differing_rows: dict[str, int] = field(default_factory=dict)
+    swapped: bool = False
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+def targets(names: Sequence[str] | None = None) -> list[Target]:
+    """The projections to rebuild: all of them, or those named."""
+    every = [Target(p.name, p.table, p.key, inline=p) for p in PROJECTIONS] + [
+        Target(a.name, a.table, a.key, async_projection=a) for a in ASYNC_PROJECTIONS
+    ]
+    if not names:
+        return every
+    by_name = {t.name: t for t in every}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise ReplayError(
+            f"unknown projection {', '.join(unknown)}; known: {', '.join(sorted(by_name))}"
+        )
+    return [by_name[n] for n in dict.fromkeys(names)]
+
+
+# ── reading ──────────────────────────────────────────────────────────────────
+
+_COLUMNS = (
+    "position, transaction_id, stream_id, version, tenant_id, data::text AS data, "
+    "metadata::text AS metadata, recorded_at"
+)
+
+
+def _recorded(row: Any) -> RecordedEvent:
+    return RecordedEvent(
+        position=row[0],
+        transaction_id=row[1],
+        stream_id=row[2],
+        version=row[3],
+        tenant_id=row[4],
+        event=decode(row[5]),
+        metadata=META_DECODER.decode(row[6]),
+        recorded_at=row[7],
+    )
+
+
+def _kinds(inline: Sequence[Target]) -> list[str]:
+    return [t.inline.stream_kind for t in inline if t.inline is not None]
+
+
+async def _snapshot(conn: asyncpg.Connection) -> str:
+    snap: str = await conn.fetchval("SELECT pg_current_snapshot()::text")
+    return snap
+
+
+async def _changed_streams(conn: asyncpg.Connection, since: str, kinds: list[str]) -> list[str]:
+    """Streams of `kinds` with events visible to this statement but not in snapshot `since`."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT stream_id FROM events "
+        "WHERE transaction_id >= pg_snapshot_xmin($1::text::pg_snapshot) "
+        "AND NOT pg_visible_in_snapshot(transaction_id, $1::text::pg_snapshot) "
+        "AND split_part(stream_id, ':', 2) = ANY($2::text[])",
+        since,
+        kinds,
+    )
+    return [r[0] for r in rows]
+
+
+async def _refold(
+    read: asyncpg.Connection,
+    write: asyncpg.Connection,
+    stream_ids: Sequence[str],
+    inline: Sequence[Target],
+) -> int:
+    """Re-fold whole streams into the rebuild tables; returns the events read."""
+    tables = {t.table: t.rebuild for t in inline}
+    only = [t.name for t in inline]
+    events = 0
+    for i in range(0, len(stream_ids), 1000):
+        chunk = await store.read_streams(read, stream_ids[i : i + 1000])
+        events += sum(len(v) for v in chunk.values())
+        await write_streams(write, chunk, tables=tables, only=only)
+    return events
+
+
+# ── the phases ───────────────────────────────────────────────────────────────
+
+
+async def _create_tables(conn: asyncpg.Connection, chosen: Sequence[Target]) -> None:
+    for t in chosen:
+        await conn.execute(f"DROP TABLE IF EXISTS {t.rebuild}")
+        await conn.execute(
+            f"CREATE TABLE {t.rebuild} (LIKE {t.table} INCLUDING ALL EXCLUDING INDEXES)"
+        )
+
+
+async def _drop_tables(conn: asyncpg.Connection, chosen: Sequence[Target]) -> None:
+    for t in chosen:
+        await conn.execute(f"DROP TABLE IF EXISTS {t.rebuild}")
+
+
+def _rebuild_index_name(name: str) -> str:
+    return f"{name[:56]}_rebuild"
+
+
+async def _create_indexes(conn: asyncpg.Connection, t: Target) -> dict[str, str]:
+    """Give the rebuild table the live table's indexes and key constraints under neutral names;
+    returns {rebuild index name: live index name} for the swap."""
+    rows = await conn.fetch(
+        "SELECT ic.relname AS name, i.indisunique AS is_unique, pg_get_indexdef(i.indexrelid) "
+        "AS def, c.contype::text AS contype FROM pg_index i "
+        "JOIN pg_class ic ON ic.oid = i.indexrelid "
+        "LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid "
+        "WHERE i.indrelid = $1::regclass ORDER BY ic.relname",
+        t.table,
+    )
+    names: dict[str, str] = {}
+    for r in rows:
+        new = _rebuild_index_name(r["name"])
+        _, sep, rest = r["def"].partition(" USING ")
+        if not sep:
+            raise ReplayError(f"cannot copy index {r['name']}: {r['def']}")
+        unique = "UNIQUE " if r["is_unique"] else ""
+        await conn.execute(f"DROP INDEX IF EXISTS {new}")
+        await conn.execute(f"CREATE {unique}INDEX {new} ON {t.rebuild} USING {rest}")
+        if r["contype"] == "p":
+            await conn.execute(
+                f"ALTER TABLE {t.rebuild} ADD CONSTRAINT {new} PRIMARY KEY USING INDEX {new}"
+            )
+        elif r["contype"] == "u":
+            await conn.execute(
+                f"ALTER TABLE {t.rebuild} ADD CONSTRAINT {new} UNIQUE USING INDEX {new}"
+            )
+        elif r["contype"] is not None:
+            raise ReplayError(f"cannot copy constraint index {r['name']} ({r['contype']})")
+        names[new] = r["name"]
+    await conn.execute(f"ANALYZE {t.rebuild}")
+    return names
+
+
+async def _fold_all(
+    read: asyncpg.Connection,
+    write: asyncpg.Connection,
+    inline: Sequence[Target],
+    progress: Progress,
+) -> tuple[str, int]:
+    """Phase 1: fold every stream of the inline projections in snapshot S0, COPY the rows.
+    Returns (S0, events read). Reading and writing overlap: the reader hands chunks of rows to
+    the writer through a small queue."""
+    kinds = _kinds(inline)
+    by_kind = {t.inline.stream_kind: t for t in inline if t.inline is not None}
+    queue: asyncio.Queue[tuple[Target, list[Row]] | None] = asyncio.Queue(maxsize=4)
+
+    async def writer() -> None:
+        while (item := await queue.get()) is not None:
+            t, rows = item
+            assert t.inline is not None
+            await write.copy_records_to_table(t.rebuild, records=rows, columns=t.inline.columns)
+
+    writing = asyncio.create_task(writer())
+    events = 0
+    try:
+        async with read.transaction(isolation="repeatable_read", readonly=True):
+            snapshot = await _snapshot(read)
+            total = await read.fetchval(
+                "SELECT count(*) FROM events WHERE split_part(stream_id, ':', 2) = ANY($1::text[])",
+                kinds,
+            )
+            progress("fold", 0, int(total))
+            buffers: dict[str, list[Row]] = {t.name: [] for t in inline}
+            cursor = await read.cursor(
+                f"SELECT {_COLUMNS} FROM events "
+                "WHERE split_part(stream_id, ':', 2) = ANY($1::text[]) "
+                "ORDER BY stream_id, version",
+                kinds,
+            )
+            current: str | None = None
+            pending: list[RecordedEvent] = []
+
+            async def flush_stream() -> None:
+                if current is None:
+                    return
+                t = by_kind[streams.kind_of(current)]
+                p = projection_for(current)
+                assert p is not None
+                buffer = buffers[t.name]
+                buffer.extend(p.fold(current, pending))
+                if len(buffer) >= COPY_CHUNK:
+                    await queue.put((t, buffer[:]))
+                    buffer.clear()
+
+            while rows := await cursor.fetch(READ_CHUNK):
+                for row in rows:
+                    if row[2] != current:
+                        await flush_stream()
+                        current, pending = row[2], []
+                    pending.append(_recorded(row))
+                events += len(rows)
+                progress("fold", len(rows), None)
+                if writing.done():
+                    break  # the writer failed: stop reading, raise below
+            await flush_stream()
+            for t in inline:
+                if buffers[t.name]:
+                    await queue.put((t, buffers[t.name]))
+        await queue.put(None)
+        await writing
+    finally:
+        if not writing.done():
+            writing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writing
+    return snapshot, events
+
+
+async def _catch_up(
+    read: asyncpg.Connection,
+    write: asyncpg.Connection,
+    inline: Sequence[Target],
+    since: str,
+    progress: Progress,
+    result: Result,
+) -> str:
+    """Phase 2: re-fold the streams that changed since snapshot `since`, until few are left.
+    Returns the snapshot the rebuild tables now reflect."""
+    kinds = _kinds(inline)
+    for _ in range(MAX_CATCH_UP_ROUNDS):
+        async with read.transaction(isolation="repeatable_read", readonly=True):
+            now = await _snapshot(read)
+            changed = await _changed_streams(read, since, kinds)
+            async with write.transaction():
+                n = await _refold(read, write, changed, inline)
+        result.catch_up_rounds += 1
+        result.events += n
+        progress("catch up", n, None)
+        since = now
+        if len(changed) < SMALL_DELTA:
+            break
+    return since
+
+
+async def _apply_range(
+    read: Any,
+    write: Any,
+    t: Target,
+    after: Checkpoint,
+    upto: Checkpoint | None,
+    progress: Progress,
+) -> tuple[Checkpoint, int]:
+    """Apply the log after `after` (up to and including `upto`, or to the head) to the async
+    projection's rebuild table. Returns (the new checkpoint, events applied)."""
+    assert t.async_projection is not None
+    tables = {t.table: t.rebuild}
+    applied = 0
+    while True:
+        batch = await store.read_all(read, after, READ_CHUNK)
+        if upto is not None:
+            batch = [e for e in batch if e.checkpoint <= upto]
+        if not batch:
+            return after, applied
+        await t.async_projection.apply(write, batch, tables=tables)
+        after = batch[-1].checkpoint
+        applied += len(batch)
+        progress(t.name, len(batch), None)
+        if upto is not None and after >= upto:
+            return after, applied
+
+
+# ── verify ───────────────────────────────────────────────────────────────────
+
+
+def _key_of(
+    t: Target, live: dict[str, Any] | None, rebuilt: dict[str, Any] | None
+) -> dict[str, Any]:
+    row = live if live is not None else rebuilt
+    assert row is not None
+    return {k: row[k] for k in t.key}
+
+
+async def _compare(conn: asyncpg.Connection, t: Target, result: Result) -> None:
+    on = " AND ".join(f"l.{k} = r.{k}" for k in t.key)
+    order = ", ".join(f"coalesce(l.{k}, r.{k})" for k in t.key)
+    where = "ROW(l.*) IS DISTINCT FROM ROW(r.*)"
+    count = await conn.fetchval(
+        f"SELECT count(*) FROM {t.table} l FULL JOIN {t.rebuild} r ON {on} WHERE {where}"
+    )
+    if not count:
+        return
+    result.differing_rows[t.table] = int(count)
+    rows = await conn.fetch(
+        f"SELECT to_jsonb(l.*)::text AS live, to_jsonb(r.*)::text AS rebuilt "
+        f"FROM {t.table} l FULL JOIN {t.rebuild} r ON {on} WHERE {where} "
+        f"ORDER BY {order} LIMIT $1",
+        SHOWN_DIFFERENCES,
+    )
+    for r in rows:
+        live = msgspec.json.decode(r["live"]) if r["live"] else None
+        rebuilt = msgspec.json.decode(r["rebuilt"]) if r["rebuilt"] else None
+        key = _key_of(t, live, rebuilt)
+        if live is None or rebuilt is None:
+            result.differences.append(Difference(t.table, key, None, live, rebuilt))
+            continue
+        columns = [c for c in live if live[c] != rebuilt.get(c)]
+        for c in columns or ["?"]:
+            result.differences.append(Difference(t.table, key, c, live.get(c), rebuilt.get(c)))
+
+
+async def _verify(
+    conn: asyncpg.Connection,
+    chosen: Sequence[Target],
+    since: str | None,
+    async_at: dict[str, Checkpoint],
+    result: Result,
+) -> None:
+    inline = [t for t in chosen if t.inline is not None]
+    async with conn.transaction(isolation="repeatable_read"):
+        if inline and since is not None:
+            changed = await _changed_streams(conn, since, _kinds(inline))
+            result.events += await _refold(conn, conn, changed, inline)
+        for t in chosen:
+            if t.async_projection is None:
+                continue
+            live_at = await read_checkpoint(conn, t.name)
+            if live_at < async_at[t.name]:
+                raise ReplayError(f"{t.name}: the live checkpoint moved backwards during verify")
+            _, n = await _apply_range(conn, conn, t, async_at[t.name], live_at, _no_progress)
+            result.events += n
+        for t in chosen:
+            await _compare(conn, t, result)
+
+
+# ── swap ─────────────────────────────────────────────────────────────────────
+
+
+async def _swap_once(
+    conn: asyncpg.Connection,
+    chosen: Sequence[Target],
+    since: str | None,
+    async_at: dict[str, Checkpoint],
+    index_names: dict[str, dict[str, str]],
+) -> None:
+    inline = [t for t in chosen if t.inline is not None]
+    async with conn.transaction():
+        await conn.execute(f"SET LOCAL lock_timeout = '{SWAP_LOCK_TIMEOUT}'")
+        # Checkpoint rows before tables: the runner's batches lock in that order too.
+        final: dict[str, Checkpoint] = {}
+        for t in chosen:
+            if t.async_projection is not None:
+                final[t.name] = await lock_checkpoint(conn, t.name)
+        await conn.execute(f"LOCK TABLE {', '.join(t.table for t in chosen)} IN EXCLUSIVE MODE")
+        if inline and since is not None:
+            changed = await _changed_streams(conn, since, _kinds(inline))
+            await _refold(conn, conn, changed, inline)
+        for t in chosen:
+            if t.async_projection is None:
+                continue
+            if final[t.name] > async_at[t.name]:
+                await _apply_range(conn, conn, t, async_at[t.name], final[t.name], _no_progress)
+            else:
+                final[t.name] = async_at[t.name]
+        for t in chosen:
+            await conn.execute(f"DROP TABLE {t.table}")
+            await conn.execute(f"ALTER TABLE {t.rebuild} RENAME TO {t.table}")
+            for rebuilt, live in index_names[t.name].items():
+                await conn.execute(f"ALTER INDEX {rebuilt} RENAME TO {live}")
+            if t.async_projection is not None:
+                await save_checkpoint(conn, t.name, final[t.name])
+
+
+# ── the whole replay ─────────────────────────────────────────────────────────
+
+
+async def replay(
+    url: str,
+    names: Sequence[str] | None = None,
+    *,
+    verify: bool = False,
+    progress: Progress = _no_progress,
+) -> Result:
+    """Rebuild the named projections (all by default); verify against, or swap into, the live
+    tables. Raises ReplayError when it cannot run."""
+    chosen = targets(names)
+    result = Result([t.name for t in chosen])
+    started = time.perf_counter()
+    admin = await asyncpg.connect(url, server_settings={"application_name": "slotlog:replay"})
+    try:
+        if not await admin.fetchval("SELECT pg_try_advisory_lock($1)", REPLAY_LOCK):
+            raise ReplayError("another `slotlog replay` is running against this database")
+        read = await asyncpg.connect(url, server_settings={"application_name": "slotlog:replay"})
+        write = await asyncpg.connect(url, server_settings={"application_name": "slotlog:replay"})
+        try:
+            await _run(admin, read, write, chosen, verify, progress, result)
+        finally:
+            with contextlib.suppress(Exception):
+                if verify or not result.swapped:
+                    await _drop_tables(admin, chosen)
+            await read.close()
+            await write.close()
+    finally:
+        await admin.close()
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+async def _run(
+    admin: asyncpg.Connection,
+    read: asyncpg.Connection,
+    write: asyncpg.Connection,
+    chosen: Sequence[Target],
+    verify: bool,
+    progress: Progress,
+    result: Result,
+) -> None:
+    inline = [t for t in chosen if t.inline is not None]
+    await _create_tables(admin, chosen)
+    since: str | None = None
+    if inline:
+        since, n = await _fold_all(read, write, inline, progress)
+        result.events += n
+    # Inline tables get their indexes after the bulk load (faster); async ones before, since
+    # their incremental upserts need the key.
+    index_names = {
+        t.name: await _create_indexes(admin, t) for t in chosen if t.async_projection is not None
+    }
+    async_at: dict[str, Checkpoint] = {}
+    for t in chosen:
+        if t.async_projection is None:
+            continue
+        upto = await read_checkpoint(admin, t.name) if verify else None
+        progress(t.name, 0, int(await admin.fetchval("SELECT count(*) FROM events")))
+        # Each batch commits on its own: a long transaction with an xid would hold back every
+        # subscriber of the log (store.read_all) for the whole rebuild.
+        async_at[t.name], n = await _apply_range(read, write, t, START, upto, progress)
+        result.events += n
+    for t in inline:
+        index_names[t.name] = await _create_indexes(admin, t)
+    if inline and since is not None:
+        since = await _catch_up(read, write, inline, since, progress, result)
+    if verify:
+        await _verify(admin, chosen, since, async_at, result)
+        return
+    for attempt in range(1, MAX_SWAP_ATTEMPTS + 1):
+        result.swap_attempts = attempt
+        try:
+            await _swap_once(admin, chosen, since, async_at, index_names)
+        except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError):
+            if inline and since is not None:
+                since = await _catch_up(read, write, inline, since, progress, result)
+            for t in chosen:
+                if t.async_projection is not None:
+                    async_at[t.name], n = await _apply_range(
+                        read, write, t, async_at[t.name], None, progress
+                    )
+                    result.events += n
+            continue
+        result.swapped = True
+        return
+    raise ReplayError(f"could not take the table locks for the swap in {MAX_SWAP_ATTEMPTS} tries")
