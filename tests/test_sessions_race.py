@@ -127,3 +127,43 @@ async def test_holds_count_until_they_expire_then_free_their_seats_at_once(serve
         )
         assert r.status_code == 201, r.text
         assert await seats_of(client, "short") == {"max": 6, "taken": 6, "held": 0, "left": 0}
+
+
+@pytest.mark.slow
+async def test_a_session_and_bookings_racing_for_one_hour_never_both_win(server: str) -> None:
+    async with client_for(server) as client:
+        weekly = {
+            d: [["08:00", "20:00"]] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+        }
+        r = await client.put(
+            "/v1/resources/studio",
+            json={"name": "Studio", "timezone": "UTC", "weekly": weekly},
+            headers=AUTH,
+        )
+        assert r.status_code == 200, r.text
+        r = await client.put(
+            "/v1/services/private",
+            json={"name": "Private", "duration_minutes": 60, "resources": ["studio"]},
+            headers=AUTH,
+        )
+        assert r.status_code == 200, r.text
+        start = datetime.fromisoformat(two_weeks_ahead(10))
+        session = {
+            "resource": "studio",
+            "start": start.isoformat(),
+            "end": (start + timedelta(hours=1)).isoformat(),
+            "title": "Class",
+            "max_seats": 5,
+        }
+        booking = {"service": "private", "start": start.isoformat()}
+        answers = await asyncio.gather(
+            *(client.post("/v1/bookings", json=booking, headers=AUTH) for _ in range(10)),
+            client.put("/v1/sessions/class", json=session, headers=AUTH),
+            *(client.post("/v1/bookings", json=booking, headers=AUTH) for _ in range(10)),
+        )
+        statuses = [a.status_code for a in answers]
+        assert statuses.count(201) == 1, statuses
+        assert statuses.count(409) == 20, statuses
+        assert {a.json()["error"]["code"] for a in answers if a.status_code == 409} == {
+            "slot_unavailable"
+        }
