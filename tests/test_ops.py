@@ -1,0 +1,153 @@
+"""/readyz and /metrics show what an operator needs: database reachability (503 when it is not),
+projection lag in events and seconds, which workers this process leads, request counts and
+latencies by route template, appended events, version conflicts and retries, the age of the
+oldest open transaction, and the webhook backlog."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+
+import asyncpg
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.applications import Starlette
+
+from projections.runner import ProjectionRunner
+from service.webhooks import Settings, WebhookSender
+from tests.conftest import Api
+from tests.helpers import at, hold, iso, resource, service, weekday_ahead
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+async def scrape(api: Api) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    r = await api.client.get("/metrics")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/plain")
+    return samples(r.text)
+
+
+async def some_bookings(api: Api, n: int = 3, first_hour: int = 9) -> None:
+    await resource(api, "host")
+    await service(api, "consult", ["host"])
+    for i in range(n):
+        await hold(api, "consult", at(weekday_ahead(0), f"{first_hour + i:02d}:00"))
+
+
+class TestReadyz:
+    async def test_reports_database_workers_and_projection_lag(
+        self, api: Api, app: Starlette
+    ) -> None:
+        await some_bookings(api)
+        body = (await api.client.get("/readyz")).json()
+        assert body["status"] == "ok"
+        assert body["database"]["ok"] is True
+        assert body["pid"] == os.getpid()
+        # This test app runs no background workers, so it leads none of them.
+        assert body["workers"] == {
+            "hold-expirer": False,
+            "projector": False,
+            "webhook-sender": False,
+        }
+        stats = body["projections"]["stats"]
+        assert stats["events_behind"] > 0
+        assert stats["seconds_behind"] >= 0
+        assert set(body["projections"]) == {"stats", "webhooks"}
+
+        await ProjectionRunner(app.state.pool).catch_up()
+        caught_up = (await api.client.get("/readyz")).json()["projections"]["stats"]
+        assert caught_up["events_behind"] == 0
+        assert caught_up["seconds_behind"] == 0
+        assert caught_up["checkpoint"] != "0-0"
+
+    async def test_answers_503_with_retry_after_when_the_database_is_unreachable(
+        self, api: Api, server_url: str, database_url: str
+    ) -> None:
+        name = database_url.rsplit("/", 1)[1].split("?", 1)[0]
+        admin = await asyncpg.connect(server_url)
+        try:
+            await admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
+            )
+            r = await api.client.get("/readyz")
+            assert r.status_code == 503
+            assert r.headers["retry-after"] == "1"
+            assert r.json()["error"]["code"] == "unavailable"
+            # /metrics still answers with what the process knows.
+            assert (await api.client.get("/metrics")).status_code == 200
+        finally:
+            await admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+            await admin.close()
+        assert (await api.client.get("/readyz")).status_code == 200
+
+
+class TestMetrics:
+    async def test_requests_by_route_template_and_status_with_latency(self, api: Api) -> None:
+        await some_bookings(api, 2)
+        await api.get("/v1/bookings/bk_missing")
+        m = await scrape(api)
+        created = ("method", "POST"), ("route", "/v1/bookings"), ("status", "201")
+        assert m[("slotlog_http_requests_total", created)] == 2
+        missing = ("method", "GET"), ("route", "/v1/bookings/{id}"), ("status", "404")
+        assert m[("slotlog_http_requests_total", missing)] == 1
+        count = (
+            "slotlog_http_request_duration_seconds_count",
+            (("method", "POST"), ("route", "/v1/bookings")),
+        )
+        assert m[count] == 2
+        assert any(k[0] == "slotlog_http_request_duration_seconds_bucket" for k in m)
+        assert not any("bk_missing" in str(k) for k in m), "concrete paths must not be labels"
+
+    async def test_appended_events_conflicts_and_retries(self, api: Api) -> None:
+        await resource(api, "host")
+        await service(api, "consult", ["host"])
+        start = iso(at(weekday_ahead(1), "10:00"))
+        answers = await asyncio.gather(
+            *(api.post("/v1/bookings", {"service": "consult", "start": start}) for _ in range(12))
+        )
+        assert sorted(r.status_code for r in answers) == [201] + [409] * 11
+        m = await scrape(api)
+        # 2 catalogue upserts + one hold (SlotHeld + TimeClaimed on each touched day stream).
+        assert m[("slotlog_events_appended_total", ())] >= 4
+        assert m[("slotlog_version_conflicts_total", ())] >= 1
+        assert m[("slotlog_command_retries_total", ())] >= 1
+
+    async def test_lag_oldest_transaction_and_webhook_backlog(
+        self, api: Api, app: Starlette, database_url: str
+    ) -> None:
+        await some_bookings(api, 2)
+        r = await api.put(
+            "/v1/webhooks/dead",
+            {"url": "http://127.0.0.1:9/hook", "events": ["*"], "secret": "s3cret-s3cret"},
+        )
+        assert r.status_code == 200, r.text
+        await some_bookings(api, 1, first_hour=14)
+        sender = WebhookSender(app.state.pool, Settings(timeout=0.5, backoff_base=60))
+        try:
+            await sender.step()  # dispatch the new events; the first attempt fails (port 9)
+        finally:
+            await sender.close()
+        holder = await asyncpg.connect(database_url)
+        try:
+            async with holder.transaction():
+                await holder.execute("SELECT pg_current_xact_id()")  # an open writing transaction
+                await asyncio.sleep(0.3)
+                m = await scrape(api)
+        finally:
+            await holder.close()
+        assert m[("slotlog_oldest_transaction_age_seconds", ())] >= 0.3
+        assert m[("slotlog_projection_lag_events", (("projection", "stats"),))] > 0
+        assert m[("slotlog_projection_lag_seconds", (("projection", "stats"),))] >= 0
+        assert m[("slotlog_projection_lag_events", (("projection", "webhooks"),))] == 0
+        assert m[("slotlog_webhook_backlog", ())] > 0
+        assert m[("slotlog_worker_leading", (("worker", "projector"),))] == 0
+        text = (await api.client.get("/metrics")).text
+        assert re.search(r"^slotlog_webhook_backlog \d", text, re.M)
