@@ -30,7 +30,7 @@ from service.api import webhooks as webhooks_api
 from service.api.schemas import Health
 from service.background import Background
 from service.db import create_pool
-from service.errors import ApiError, Unavailable
+from service.errors import ApiError, Unavailable, ValidationFailed
 from service.logs import configure_logging, log
 from service.metrics import Metrics, MetricsMiddleware
 from service.tenants import KeyCache
@@ -113,6 +113,11 @@ def database_unavailable(exc: BaseException) -> bool:
 async def _postgres_error(request: Request, exc: Exception) -> Response:
     if database_unavailable(exc):
         return await _database_down(request, exc)
+    if (getattr(exc, "sqlstate", None) or "").startswith("22"):
+        # A data exception: a value the database cannot take (bad input that got past the
+        # validation above it). The client's fault, so 422 naming the database's complaint.
+        log.warning("request.data_exception", error=str(exc))
+        return error_response(ValidationFailed([("", f"invalid value: {exc}")]))
     return await _internal(request, exc)
 
 

@@ -23,7 +23,10 @@ MAX_METADATA_BYTES = 4096
 Minutes = Annotated[int, Meta(ge=0, le=525_600)]
 Name = Annotated[str, Meta(min_length=1, max_length=200)]
 ClientId = Annotated[str, Meta(pattern=ID_PATTERN)]
-Hours = dict[str, list[tuple[str, str]]]
+# An interval is ["HH:MM", "HH:MM"]; a two-item list rather than a tuple keeps the JSON schema
+# plain (no prefixItems), which every OpenAPI tool understands.
+Interval = Annotated[list[str], Meta(min_length=2, max_length=2)]
+Hours = dict[str, list[Interval]]
 
 
 class Body(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -39,7 +39,11 @@ class Op:
 
 
 INT = {"type": "integer"}
-MIN_POSITION = Param("min_position", INT, description="wait (at most 2 s) for this position")
+MIN_POSITION = Param(
+    "min_position",
+    {"type": "integer", "minimum": 0},
+    description="wait (at most 2 s) for this position",
+)
 IDEMPOTENCY = Param(
     "Idempotency-Key",
     {"type": "string", "maxLength": 255},
@@ -132,6 +136,8 @@ def build(
             errors.add(403)
         if op.body is not None:
             errors |= {400, 413, 415, 422}
+        if params:
+            errors.add(422)  # parameters are validated
         for status in sorted(errors):
             operation["responses"][str(status)] = {
                 "description": _ERROR_TEXT.get(status, "error"),

@@ -71,6 +71,36 @@ def template_db(server_url: str) -> Iterator[str]:
         asyncio.run(drop())
 
 
+async def clone_template(server_url: str, template_db: str) -> str:
+    """A new database cloned from the schema template; returns its URL."""
+    name = f"slotlog_t_{uuid.uuid4().hex[:12]}"
+    conn = await _admin(server_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    finally:
+        await conn.close()
+    return with_database(server_url, name)
+
+
+async def drop_database(server_url: str, url: str) -> None:
+    name = url.rsplit("/", 1)[1].split("?", 1)[0]
+    conn = await _admin(server_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="module")
+def module_database_url(server_url: str, template_db: str) -> Iterator[str]:
+    """A fresh database shared by the tests of one module (for a long-lived server)."""
+    url = asyncio.run(clone_template(server_url, template_db))
+    try:
+        yield url
+    finally:
+        asyncio.run(drop_database(server_url, url))
+
+
 @pytest.fixture
 async def database_url(server_url: str, template_db: str) -> AsyncIterator[str]:
     """A fresh database with the schema applied, for this test only."""

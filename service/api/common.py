@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import time
 import uuid
 from datetime import UTC, date, datetime
@@ -113,12 +114,24 @@ def _path_of(message: str) -> tuple[str, str]:
     return path, text
 
 
+# PostgreSQL's jsonb and text cannot hold NUL, and UTF-8 cannot hold an unpaired surrogate:
+# refuse them at the door with a clear error instead of failing deep inside the database.
+_UNSTORABLE = re.compile(
+    rb"\\u0000|\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
+
+
 def decode(body: bytes, kind: type[T], *, allow_empty: bool = False) -> T:
     if not body.strip():
         if allow_empty:
             body = b"{}"
         else:
             raise MalformedJson("the request body is empty; a JSON object is expected")
+    if b"\\u" in body and _UNSTORABLE.search(body):
+        raise ValidationFailed(
+            [("", "strings may not contain NUL (\\u0000) or unpaired UTF-16 surrogates")]
+        )
     decoder = _DECODERS.get(kind)
     if decoder is None:
         decoder = _DECODERS[kind] = msgspec.json.Decoder(kind)
@@ -193,6 +206,8 @@ def query_str(request: Request, name: str, *, required: bool = False) -> str | N
         if required:
             raise ValidationFailed([(name, "this query parameter is required")])
         return None
+    if "\x00" in value or not value.isprintable():
+        raise ValidationFailed([(name, "contains a NUL or control character")])
     return value
 
 

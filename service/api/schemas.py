@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from service.catalogue import Hours
 from service.events import Customer
 
 
@@ -29,8 +30,8 @@ class ResourceView(View, kw_only=True):
     id: str
     name: str
     timezone: str
-    weekly: dict[str, list[tuple[str, str]]]
-    overrides: dict[str, list[tuple[str, str]]]
+    weekly: Hours
+    overrides: Hours
     metadata: dict[str, Any]
     version: int
     position: int
