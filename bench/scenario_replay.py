@@ -1,0 +1,134 @@
+"""Scenario 7: replay of the whole log (1,000,000 events) into every read model, against a bare
+ordered read-and-decode of the same rows measured in the same run. Bar: ≥ 50 % of the bare rate.
+
+The log is topped up to the target with confirmed bookings (SlotHeld + BookingConfirmed in
+booking streams, TimeClaimed in day streams of 100 claims), written by COPY with the versions
+recorded in `streams` (bench/seed.py; inserts only, the immutability triggers stay on). The
+events earlier scenarios wrote count too, so the log holds a realistic mix.
+
+- bare: `SELECT data::text FROM events ORDER BY position` through a server-side cursor in
+  batches of 10,000 rows, each row decoded by msgspec into `service.events.AnyEvent`; run before
+  and after the replay, the faster run counts (the stricter bar).
+- replay: `projections.replay.replay(url)` — what `slotlog replay` runs — timed from call to
+  return, rebuilding every projection (inline and asynchronous) and swapping them in. Its rate is
+  the log's event count over that time.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import date
+
+import msgspec
+
+from bench.catalogue import day
+from bench.context import Bench
+from bench.processes import CpuMeter
+from bench.report import Row, Section
+from bench.seed import Plan, seed
+from bench.stats import ratio
+from projections import replay as rebuild
+from service.events import DECODER
+
+BAR = 0.50
+BATCH = 10_000
+PER_DAY = 100
+DAYS_PER_RESOURCE = 1000
+
+
+async def bare_read(bench: Bench) -> tuple[int, float]:
+    """(events, seconds) of reading and decoding the whole log in order."""
+    conn = await bench.connect()
+    try:
+        started = time.perf_counter()
+        n = 0
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            cursor = await conn.cursor("SELECT data::text FROM events ORDER BY position")
+            while rows := await cursor.fetch(BATCH):
+                for row in rows:
+                    DECODER.decode(row[0])
+                n += len(rows)
+        return n, time.perf_counter() - started
+    finally:
+        await conn.close()
+
+
+async def top_up(bench: Bench, target: int) -> tuple[int, float]:
+    """Append confirmed bookings by COPY until the log holds about `target` events."""
+    conn = await bench.connect()
+    try:
+        have = int(await conn.fetchval("SELECT count(*) FROM events"))
+    finally:
+        await conn.close()
+    bookings = max(0, math.ceil((target - have) / 3))
+    if bookings == 0:
+        return 0, 0.0
+    tenant = bench.tenant_id or "tn_bench_replay"
+    plans: list[Plan] = []
+    left = bookings
+    while left > 0:
+        days: dict[date, int] = {}
+        for i in range(DAYS_PER_RESOURCE):
+            if left <= 0:
+                break
+            days[day(400 + i)] = n = min(PER_DAY, left)
+            left -= n
+        plans.append(Plan(tenant, f"rp{len(plans)}", "rp", days, read_models=False))
+    bench.log(f"7. seeding {bookings * 3:,} events by COPY (the log had {have:,})")
+    return await seed(bench.url, plans, batch_bookings=400, copy=True)
+
+
+async def run(bench: Bench) -> Section:
+    target = bench.scale.replay_events
+    seeded, seed_seconds = await top_up(bench, target)
+    if seeded:
+        bench.log(f"   {seeded:,} events in {seed_seconds:.1f} s")
+    bench.log("7. bare ordered read-and-decode of the log")
+    n, bare_first = await bare_read(bench)
+    bench.log(f"7. replay of {n:,} events into every read model")
+    cpu = CpuMeter({"postgres": bench.postgres.postmaster_pid})
+    cpu.start()
+    cpu0, started = time.process_time(), time.perf_counter()
+    result = await rebuild.replay(bench.url)
+    seconds = time.perf_counter() - started
+    python_cpu = time.process_time() - cpu0
+    shares = cpu.stop()
+    _, bare_second = await bare_read(bench)
+    bare_rate = n / min(bare_first, bare_second)
+    replay_rate = n / seconds
+    r = ratio(replay_rate, bare_rate)
+    return Section(
+        name="replay",
+        title=f"7. replay, {n:,} events",
+        rows=[
+            Row(
+                figure="events/s into all read models",
+                value=replay_rate,
+                unit="/s",
+                baseline=bare_rate,
+                baseline_label="bare read+decode",
+                ratio=r,
+                bar="≥ 0.50x bare",
+                passed=r is not None and r >= BAR,
+            ),
+            Row(figure="replay wall time", value=seconds, unit="s"),
+            Row(figure="bare read+decode wall time", value=min(bare_first, bare_second), unit="s"),
+        ],
+        notes=[
+            f"7: replay {', '.join(result.projections)}; it read {result.events:,} events "
+            f"(asynchronous projections read the log again), {result.catch_up_rounds} catch-up "
+            f"round(s), swapped={result.swapped}; CPU in cores: replay process "
+            f"{python_cpu / seconds:.2f}, postgres {shares.get('postgres', 0):.2f}; "
+            f"bare runs {bare_first:.2f} s and {bare_second:.2f} s"
+            + (f"; seeded {seeded:,} events by COPY in {seed_seconds:.1f} s" if seeded else "")
+        ],
+        details={
+            "events": n,
+            "replay_seconds": seconds,
+            "bare_seconds": [bare_first, bare_second],
+            "replay_result": msgspec.to_builtins(
+                {"events": result.events, "seconds": result.seconds, "swapped": result.swapped}
+            ),
+        },
+    )

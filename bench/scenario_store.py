@@ -1,0 +1,87 @@
+"""Scenario 1, store appends: `service.store.append` of one event to a NEW stream (NO_STREAM)
+per call, 32 concurrent clients on slotlog's own pool (service.db.create_pool), in this process,
+against baseline (a). Bar (SPEC §6): at least 70 % of the bare INSERT.
+
+The bar is checked against the bare INSERT without the pool's per-release reset, because
+slotlog's pool disables that reset too (like for like); the ratio to the default pool is shown
+beside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import uuid
+
+import msgspec
+
+from bench.baselines import CLIENTS, EVENT, META, insert_baseline
+from bench.context import Bench
+from bench.report import Row, Section
+from bench.stats import ratio
+from service import store, streams
+from service.db import create_pool
+from service.store import AppendStream
+
+BAR = 0.70
+
+
+async def append_rate(url: str, n: int) -> float:
+    pool = await create_pool(url, min_size=CLIENTS, max_size=CLIENTS)
+    run = uuid.uuid4().hex[:8]
+    ids = itertools.count()
+    try:
+
+        async def client(k: int) -> None:
+            for _ in range(k):
+                # A booking of its own per stream, as a hold writes (read models key on it).
+                booking_id = f"bk_{run}{next(ids):012d}"
+                event = msgspec.structs.replace(EVENT, booking_id=booking_id)
+                stream = streams.booking(META.tenant, booking_id)
+                await store.append(pool, [AppendStream(stream, store.NO_STREAM, [event])], META)
+
+        await asyncio.gather(*(client(20) for _ in range(CLIENTS)))  # warm
+        per_client = max(1, n // CLIENTS)
+        started = time.perf_counter()
+        await asyncio.gather(*(client(per_client) for _ in range(CLIENTS)))
+        return per_client * CLIENTS / (time.perf_counter() - started)
+    finally:
+        await pool.close()
+
+
+async def run(bench: Bench) -> Section:
+    base = await insert_baseline(bench)
+    n = bench.scale.appends
+    bench.log(f"1. store appends: {n} events, one per new stream, {CLIENTS} clients")
+    # Two runs, like the baseline's two runs per variant; the best of each is compared.
+    rate = max([await append_rate(bench.url, n // 2) for _ in range(2)])
+    r = ratio(rate, base.no_reset)
+    return Section(
+        name="store",
+        title="1. store appends",
+        rows=[
+            Row(
+                figure=f"events/s, {CLIENTS} clients",
+                value=rate,
+                unit="/s",
+                baseline=base.no_reset,
+                baseline_label="a, no reset",
+                ratio=r,
+                bar="≥ 0.70x (a) no reset",
+                passed=r is not None and r >= BAR,
+            ),
+            Row(
+                figure="  vs (a) with pool reset",
+                value=rate,
+                unit="/s",
+                baseline=base.default_reset,
+                baseline_label="a, reset on",
+                ratio=ratio(rate, base.default_reset),
+            ),
+        ],
+        notes=[
+            "1: each append also writes its `streams` row (the version check) in the same "
+            "round trip, through slotlog_append()"
+        ],
+    )
