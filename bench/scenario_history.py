@@ -31,15 +31,22 @@ from bench.stats import Latency, latency, ratio
 
 HISTORY_BAR = 1.3
 AVAILABILITY_BAR_MS = 30.0
-SEED_FROM = 60  # days ahead: the first seeded day of scenario 5
+SEED_FROM = 120  # days ahead: the first seeded day of scenario 5
+SPREAD_DAYS = 80  # concurrent holds go round this many days: no two in flight share a day
 PER_DAY = 100
 
 
-def _holds(service: str, first_day: int, n: int) -> list[HttpRequest]:
-    """n holds on consecutive quarter hours from midnight of day `first_day`."""
+def _holds(service: str, first_day: int, n: int, days: int = 0) -> list[HttpRequest]:
+    """n holds on distinct quarter hours from midnight of day `first_day`: consecutive ones, or
+    with `days` going round that many days (hold k on day k mod days), so that holds in flight
+    together append to different day streams and never contend."""
     out = []
     for k in range(n):
-        start = at(day(first_day + k // SLOTS_PER_DAY), 15 * (k % SLOTS_PER_DAY))
+        if days:
+            d, slot = k % days, k // days
+        else:
+            d, slot = k // SLOTS_PER_DAY, k % SLOTS_PER_DAY
+        start = at(day(first_day + d), 15 * slot)
         payload = {"service": service, "start": iso(start), "customer": CUSTOMER}
         out.append(HttpRequest("POST", "/v1/bookings", body(payload)))
     return out
@@ -97,7 +104,7 @@ async def history(bench: Bench) -> Section:
         first = 2 + 2 * seq_days
         concurrent: dict[str, LoadResult] = {}
         for name in ("big", "empty"):
-            requests = _holds(name, first, conc + CONNECTIONS)
+            requests = _holds(name, first, conc + CONNECTIONS, SPREAD_DAYS)
             concurrent[name] = await bench.drive(
                 server.base_url, requests, concurrency=CONNECTIONS, warmup=CONNECTIONS
             )
