@@ -6,10 +6,12 @@ It runs apart from the servers it measures so that its own CPU time shows up as 
 2-core machine the generator, the servers and PostgreSQL share the cores. Two clients:
 
 - `raw` (the default): a minimal HTTP/1.1 client on asyncio streams (uvloop): one connection per
-  worker, requests pre-encoded, `Content-Length` or chunked bodies. httpx spends roughly three
-  to four times as much CPU per request, enough to cap the bare-INSERT endpoint on two cores
-  (`--client httpx` reproduces that; `bench` prints both clients' ceilings on `/healthz`).
-- `httpx`: httpx.AsyncClient with a connection limit equal to the concurrency.
+  worker, requests pre-encoded, `Content-Length` or chunked bodies. On this project's 2-core
+  machine it sends 9-24k req/s to a bare `/healthz` with 64 connections using under half a core.
+- `httpx`: httpx.AsyncClient with a connection limit equal to the concurrency. Measured on the
+  same endpoint it managed 100-600 req/s (fewer with more connections, its CPU mostly idle; see
+  encode/httpx#3215), far below the servers under test, so it cannot be the default. Every run
+  prints both clients' ceilings.
 
 The result also carries the generator's own CPU seconds, so a saturated generator is visible.
 Imports nothing from slotlog.

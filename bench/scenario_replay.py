@@ -118,8 +118,9 @@ async def run(bench: Bench) -> Section:
         notes=[
             f"7: replay {', '.join(result.projections)}; it read {result.events:,} events "
             f"(asynchronous projections read the log again), {result.catch_up_rounds} catch-up "
-            f"round(s), swapped={result.swapped}; CPU in cores: replay process "
-            f"{python_cpu / seconds:.2f}, postgres {shares.get('postgres', 0):.2f}; "
+            f"round(s), swapped={result.swapped} after {result.swap_attempts} attempt(s); "
+            f"CPU in cores: replay process {python_cpu / seconds:.2f}, "
+            f"postgres {shares.get('postgres', 0):.2f}; "
             f"bare runs {bare_first:.2f} s and {bare_second:.2f} s"
             + (f"; seeded {seeded:,} events by COPY in {seed_seconds:.1f} s" if seeded else "")
         ],
