@@ -9,6 +9,7 @@ module's work): they append the same kinds of events the log holds for sessions.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -60,7 +61,7 @@ class Workload:
     tenant: str
     seed: int = 7
     resources: int = 10
-    days: int = 20
+    days: int = 60
     sessions: int = 12
     rng: random.Random = field(init=False)
     counts: Counter[str] = field(default_factory=Counter)
@@ -92,8 +93,13 @@ class Workload:
                 resource_id=rid, name=rid, timezone="UTC", weekly=ALL_DAY, overrides={}, metadata={}
             )
             await self._append({streams.resource(self.tenant, rid): [event]}, [])
-        pool_ids = [f"r{i}" for i in range(self.resources)]
+        half = self.resources // 2
+        pools = {
+            "s60": [f"r{i}" for i in range(half)],
+            "s30": [f"r{i}" for i in range(half, 2 * half)],
+        }
         for sid, duration, confirm, after in (("s60", 60, False, 0), ("s30", 30, True, 15)):
+            pool_ids = pools[sid]
             event2 = ServiceUpserted(
                 service_id=sid,
                 name=sid,
@@ -285,12 +291,13 @@ class Workload:
                 self.bookings.pop(b.id, None)
 
     async def run(self, commands: int, concurrency: int = 8) -> int:
-        """Run `commands` commands from `concurrency` tasks; returns how many ran."""
-        counter = iter(range(commands))
+        """Run commands from `concurrency` tasks until `commands` have run (a draw that finds no
+        booking to act on does not count); returns how many ran."""
+        numbers = itertools.count()
 
         async def worker() -> None:
-            for n in counter:
-                await self.one(n)
+            while sum(self.counts.values()) < commands:
+                await self.one(next(numbers))
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         return sum(self.counts.values())
