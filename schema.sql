@@ -253,6 +253,117 @@ CREATE TABLE IF NOT EXISTS rm_sessions (
 CREATE INDEX IF NOT EXISTS rm_sessions_stream ON rm_sessions (stream_id);
 CREATE INDEX IF NOT EXISTS rm_sessions_start ON rm_sessions (tenant_id, start_at, session_id);
 
+-- A command in one round trip: append (as slotlog_append) and, in the same statement and so the
+-- same transaction, replace the inline read-model rows of every appended stream. `p_rows` maps a
+-- table to {"streams": [...], "rows": [...]}: the rows are folds of the streams computed by the
+-- caller (projections/readmodels.py), except for what only the append knows, filled in here
+-- from its result: `position` (the stream's last new position), `updated_at` (its last new
+-- recorded_at) and, when the row has none yet, `created_at` (its first new recorded_at).
+CREATE OR REPLACE FUNCTION slotlog_command(
+    p_tenant text,
+    p_streams text[],
+    p_expected bigint[],
+    p_event_streams text[],
+    p_types text[],
+    p_data jsonb[],
+    p_metadata jsonb[],
+    p_rows jsonb
+) RETURNS TABLE (stream_id text, version bigint, event_position bigint, recorded_at timestamptz)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_streams text[];
+    v_versions bigint[];
+    v_positions bigint[];
+    v_times timestamptz[];
+BEGIN
+    SELECT array_agg(a.stream_id ORDER BY a.event_position),
+           array_agg(a.version ORDER BY a.event_position),
+           array_agg(a.event_position ORDER BY a.event_position),
+           array_agg(a.recorded_at ORDER BY a.event_position)
+      INTO v_streams, v_versions, v_positions, v_times
+      FROM slotlog_append(p_tenant, p_streams, p_expected, p_event_streams, p_types, p_data,
+                          p_metadata) AS a;
+
+    IF p_rows ? 'rm_bookings' THEN
+        DELETE FROM rm_bookings AS t WHERE t.stream_id IN
+            (SELECT jsonb_array_elements_text(p_rows -> 'rm_bookings' -> 'streams'));
+        WITH a AS (
+            SELECT x.s AS stream_id, max(x.p) AS last_pos, min(x.t) AS first_at,
+                   max(x.t) AS last_at
+              FROM unnest(v_streams, v_positions, v_times) AS x(s, p, t) GROUP BY x.s
+        )
+        INSERT INTO rm_bookings (tenant_id, booking_id, stream_id, kind, status, service_id,
+            session_id, resources, start_at, end_at, expires_at, seats, state, version,
+            position, created_at, updated_at)
+        SELECT r.tenant_id, r.booking_id, r.stream_id, r.kind, r.status, r.service_id,
+               r.session_id, r.resources, r.start_at, r.end_at, r.expires_at, r.seats, r.state,
+               r.version, coalesce(a.last_pos, r.position), coalesce(r.created_at, a.first_at),
+               coalesce(a.last_at, r.updated_at)
+          FROM jsonb_populate_recordset(NULL::rm_bookings, p_rows -> 'rm_bookings' -> 'rows') AS r
+          LEFT JOIN a ON a.stream_id = r.stream_id;
+    END IF;
+
+    IF p_rows ? 'rm_busy' THEN
+        DELETE FROM rm_busy AS t WHERE t.stream_id IN
+            (SELECT jsonb_array_elements_text(p_rows -> 'rm_busy' -> 'streams'));
+        INSERT INTO rm_busy
+        SELECT * FROM jsonb_populate_recordset(NULL::rm_busy, p_rows -> 'rm_busy' -> 'rows');
+    END IF;
+
+    IF p_rows ? 'rm_sessions' THEN
+        DELETE FROM rm_sessions AS t WHERE t.stream_id IN
+            (SELECT jsonb_array_elements_text(p_rows -> 'rm_sessions' -> 'streams'));
+        WITH a AS (
+            SELECT x.s AS stream_id, max(x.p) AS last_pos, min(x.t) AS first_at,
+                   max(x.t) AS last_at
+              FROM unnest(v_streams, v_positions, v_times) AS x(s, p, t) GROUP BY x.s
+        )
+        INSERT INTO rm_sessions (tenant_id, session_id, stream_id, resource_id, start_at, end_at,
+            status, max_seats, body, claims, version, updated_at)
+        SELECT r.tenant_id, r.session_id, r.stream_id, r.resource_id, r.start_at, r.end_at,
+               r.status, r.max_seats, r.body, r.claims, r.version,
+               coalesce(a.last_at, r.updated_at)
+          FROM jsonb_populate_recordset(NULL::rm_sessions, p_rows -> 'rm_sessions' -> 'rows') AS r
+          LEFT JOIN a ON a.stream_id = r.stream_id;
+    END IF;
+
+    IF p_rows ? 'rm_resources' THEN
+        DELETE FROM rm_resources AS t WHERE t.stream_id IN
+            (SELECT jsonb_array_elements_text(p_rows -> 'rm_resources' -> 'streams'));
+        WITH a AS (
+            SELECT x.s AS stream_id, max(x.p) AS last_pos, min(x.t) AS first_at,
+                   max(x.t) AS last_at
+              FROM unnest(v_streams, v_positions, v_times) AS x(s, p, t) GROUP BY x.s
+        )
+        INSERT INTO rm_resources (tenant_id, resource_id, stream_id, body, version, position,
+            updated_at)
+        SELECT r.tenant_id, r.resource_id, r.stream_id, r.body, r.version,
+               coalesce(a.last_pos, r.position), coalesce(a.last_at, r.updated_at)
+          FROM jsonb_populate_recordset(NULL::rm_resources, p_rows -> 'rm_resources' -> 'rows') AS r
+          LEFT JOIN a ON a.stream_id = r.stream_id;
+    END IF;
+
+    IF p_rows ? 'rm_services' THEN
+        DELETE FROM rm_services AS t WHERE t.stream_id IN
+            (SELECT jsonb_array_elements_text(p_rows -> 'rm_services' -> 'streams'));
+        WITH a AS (
+            SELECT x.s AS stream_id, max(x.p) AS last_pos, min(x.t) AS first_at,
+                   max(x.t) AS last_at
+              FROM unnest(v_streams, v_positions, v_times) AS x(s, p, t) GROUP BY x.s
+        )
+        INSERT INTO rm_services (tenant_id, service_id, stream_id, body, version, position,
+            updated_at)
+        SELECT r.tenant_id, r.service_id, r.stream_id, r.body, r.version,
+               coalesce(a.last_pos, r.position), coalesce(a.last_at, r.updated_at)
+          FROM jsonb_populate_recordset(NULL::rm_services, p_rows -> 'rm_services' -> 'rows') AS r
+          LEFT JOIN a ON a.stream_id = r.stream_id;
+    END IF;
+
+    RETURN QUERY SELECT x.s, x.v, x.p, x.t
+      FROM unnest(v_streams, v_versions, v_positions, v_times) AS x(s, v, p, t);
+END $$;
+
 SELECT pg_advisory_unlock(7320001);
 
 -- ───────────────────────────── projections' checkpoints ─────────────────────────────

@@ -10,8 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import msgspec
+
 from projections.readmodels import PROJECTIONS, Projection, Row, projection_for
 from service.store import RecordedEvent
+
+_PAYLOAD = msgspec.json.Encoder()
 
 
 def insert_sql(p: Projection[Any], table: str | None = None) -> str:
@@ -34,6 +38,27 @@ async def replace_rows(
     )
     if rows:
         await conn.executemany(insert_sql(p, table), rows)
+
+
+def rows_payload(streams: Mapping[str, Sequence[RecordedEvent]]) -> bytes:
+    """The inline rows of `streams` as slotlog_command's `p_rows` JSON:
+    {table: {"streams": [...], "rows": [{column: value}]}}; jsonb columns embedded as JSON."""
+    tables: dict[str, dict[str, list[Any]]] = {}
+    for stream_id, events in streams.items():
+        p = projection_for(stream_id)
+        if p is None:
+            continue
+        entry = tables.setdefault(p.table, {"streams": [], "rows": []})
+        entry["streams"].append(stream_id)
+        jsonb = [t == "jsonb" for t in p.types]
+        for row in p.fold(stream_id, events):
+            entry["rows"].append(
+                {
+                    c: msgspec.Raw(v) if j and isinstance(v, str) else v
+                    for c, v, j in zip(p.columns, row, jsonb, strict=True)
+                }
+            )
+    return _PAYLOAD.encode(tables)
 
 
 async def write_streams(

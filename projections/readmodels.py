@@ -19,7 +19,7 @@ import msgspec
 from service import streams
 from service.decider import Booking, DayLedger, SessionState, evolve_booking
 from service.events import ResourceUpserted, ServiceUpserted, SessionScheduled
-from service.store import RecordedEvent
+from service.store import PENDING, RecordedEvent
 
 S = TypeVar("S")
 Row = tuple[Any, ...]
@@ -28,6 +28,11 @@ _JSON = msgspec.json.Encoder()
 
 def tenant_of(stream_id: str) -> str:
     return stream_id.split(":", 1)[0]
+
+
+def known(at: datetime | None) -> datetime | None:
+    """A recorded time, or None for an event not yet appended (filled in by the database)."""
+    return None if at is None or at == PENDING else at
 
 
 def json_text(value: Any) -> str:
@@ -98,8 +103,8 @@ class ResourcesProjection(Projection[Latest[ResourceUpserted]]):
                 stream_id,
                 json_text(e),
                 state.version,
-                state.position,
-                state.recorded_at,
+                state.position or None,
+                known(state.recorded_at),
             )
         ]
 
@@ -131,8 +136,8 @@ class ServicesProjection(Projection[Latest[ServiceUpserted]]):
                 stream_id,
                 json_text(e),
                 state.version,
-                state.position,
-                state.recorded_at,
+                state.position or None,
+                known(state.recorded_at),
             )
         ]
 
@@ -199,6 +204,10 @@ class BookingsProjection(Projection[Booking | None]):
         b = state
         if b is None:
             return []
+        # What only the append knows (position, recorded times) lives in columns, never in
+        # `state`, so rows folded before an append (slotlog_command fills the columns) and rows
+        # folded by replay are identical.
+        bare = msgspec.structs.replace(b, version=0, position=0, created_at=None, updated_at=None)
         return [
             (
                 tenant_of(stream_id),
@@ -213,11 +222,11 @@ class BookingsProjection(Projection[Booking | None]):
                 b.end,
                 b.expires_at,
                 b.seats,
-                json_text(b),
+                json_text(bare),
                 b.version,
-                b.position,
-                b.created_at,
-                b.updated_at,
+                b.position or None,
+                known(b.created_at),
+                known(b.updated_at),
             )
         ]
 
@@ -345,7 +354,7 @@ class SessionsProjection(Projection[SessionState]):
                 json_text({**msgspec.structs.asdict(s), "message": state.message}),
                 json_text(claims),
                 state.version,
-                state.updated_at,
+                known(state.updated_at),
             )
         ]
 

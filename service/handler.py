@@ -15,6 +15,7 @@ the key's primary key, rolls back its own events, and returns the stored answer.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from typing import Any, Final
 
 import asyncpg
 
-from projections.engine import write_streams
+from projections.engine import rows_payload
 from service import store
 from service.decider import Appends
 from service.errors import Conflict, IdempotencyKeyReused
@@ -180,48 +181,80 @@ class Commands:
         *,
         lock: bool,
     ) -> Done:
+        # The common case needs no explicit transaction: the reads are plain statements, and the
+        # append with its read-model rows is one statement (slotlog_command), atomic by itself;
+        # the expected versions make the reads' snapshot irrelevant. A locked retry needs its
+        # advisory locks held from the reads to the commit, and an idempotent command writes its
+        # stored answer beside its events: those run inside a transaction.
+        if not (lock or idem):
+            return await self._decide_and_write(conn, meta, decide, None, None, lock=False)
         async with conn.transaction():
-            reader = Reader(conn, lock=lock)
-            appends = await decide(reader)
-            done = Done(reader.loaded)
-            if not any(appends.values()):
-                return done
-            missing = [s for s in appends if s not in reader.versions]
-            assert not missing, f"decision appends to streams it did not read: {missing}"
-            batch = [
-                AppendStream(s, reader.versions[s] or store.NO_STREAM, events)
-                for s, events in appends.items()
-                if events
-            ]
-            appended = await store.append(conn, batch, meta)
-            by_version = {(a.stream_id, a.version): a for a in appended}
-            for b in batch:
-                base = reader.versions[b.stream_id]
-                for i, event in enumerate(b.events, 1):
-                    a = by_version[(b.stream_id, base + i)]
-                    done.new.setdefault(b.stream_id, []).append(
-                        RecordedEvent(
-                            position=a.position,
-                            transaction_id=0,
-                            stream_id=b.stream_id,
-                            version=a.version,
-                            tenant_id=meta.tenant,
-                            event=event,  # type: ignore[arg-type]
-                            metadata=meta,
-                            recorded_at=a.recorded_at,
-                        )
-                    )
-            done.position = max(a.position for a in appended)
-            await write_streams(conn, {s: done.stream(s) for s in done.new})
-            if idem is not None and render is not None:
-                status, body = render(done)
-                await conn.execute(
-                    "INSERT INTO idempotency_keys (tenant_id, key, request_hash, status, body) "
-                    "VALUES ($1, $2, $3, $4, $5)",
-                    meta.tenant,
-                    idem.key,
-                    idem.request_hash,
-                    status,
-                    body,
-                )
+            return await self._decide_and_write(conn, meta, decide, idem, render, lock=lock)
+
+    async def _decide_and_write(
+        self,
+        conn: asyncpg.Connection,
+        meta: EventMeta,
+        decide: Decide,
+        idem: Idempotency | None,
+        render: Render | None,
+        *,
+        lock: bool,
+    ) -> Done:
+        reader = Reader(conn, lock=lock)
+        appends = await decide(reader)
+        done = Done(reader.loaded)
+        if not any(appends.values()):
             return done
+        missing = [s for s in appends if s not in reader.versions]
+        assert not missing, f"decision appends to streams it did not read: {missing}"
+        batch = [
+            AppendStream(s, reader.versions[s] or store.NO_STREAM, events)
+            for s, events in appends.items()
+            if events
+        ]
+        # Fold the read models before appending (positions and times still unknown: the
+        # database fills them in), so events and rows go in one round trip.
+        pending = {b.stream_id: _recorded(b, reader.versions[b.stream_id], meta) for b in batch}
+        rows = rows_payload({s: reader.loaded.get(s, []) + new for s, new in pending.items()})
+        appended = await store.command(conn, batch, meta, rows)
+        by_version = {(a.stream_id, a.version): a for a in appended}
+        for stream_id, events in pending.items():
+            done.new[stream_id] = [
+                dataclasses.replace(
+                    e,
+                    position=by_version[(stream_id, e.version)].position,
+                    recorded_at=by_version[(stream_id, e.version)].recorded_at,
+                )
+                for e in events
+            ]
+        done.position = max(a.position for a in appended)
+        if idem is not None and render is not None:
+            status, body = render(done)
+            await conn.execute(
+                "INSERT INTO idempotency_keys (tenant_id, key, request_hash, status, body) "
+                "VALUES ($1, $2, $3, $4, $5)",
+                meta.tenant,
+                idem.key,
+                idem.request_hash,
+                status,
+                body,
+            )
+        return done
+
+
+def _recorded(batch: AppendStream, base: int, meta: EventMeta) -> list[RecordedEvent]:
+    """The batch's events as they will be recorded, but for position and time."""
+    return [
+        RecordedEvent(
+            position=0,
+            transaction_id=0,
+            stream_id=batch.stream_id,
+            version=base + i,
+            tenant_id=meta.tenant,
+            event=event,  # type: ignore[arg-type]
+            metadata=meta,
+            recorded_at=store.PENDING,
+        )
+        for i, event in enumerate(batch.events, 1)
+    ]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
 import asyncpg
@@ -123,6 +123,12 @@ _APPEND = (
     "SELECT stream_id, version, event_position, recorded_at "
     "FROM slotlog_append($1, $2, $3, $4, $5, $6, $7)"
 )
+_COMMAND = (
+    "SELECT stream_id, version, event_position, recorded_at "
+    "FROM slotlog_command($1, $2, $3, $4, $5, $6, $7, $8::jsonb)"
+)
+#: recorded_at of an event not yet appended (a fold made before the append knows no time).
+PENDING: Final = datetime(1, 1, 1, tzinfo=UTC)
 _COLUMNS = (
     "position, transaction_id, stream_id, version, tenant_id, data::text AS data, "
     "metadata::text AS metadata, recorded_at"
@@ -135,6 +141,20 @@ async def append(db: Executor, streams: Sequence[AppendStream], meta: EventMeta)
     Raises ConcurrencyError (naming the stream, the expected and the actual version) when any
     stream is not at its expected version. Returns one Appended per event, in order.
     """
+    return await _call(db, _APPEND, streams, meta)
+
+
+async def command(
+    db: Executor, streams: Sequence[AppendStream], meta: EventMeta, rows: bytes
+) -> list[Appended]:
+    """`append`, and in the same statement replace the inline read-model rows given in `rows`
+    (projections/engine.py rows_payload): a whole command in one round trip."""
+    return await _call(db, _COMMAND, streams, meta, rows.decode())
+
+
+async def _call(
+    db: Executor, sql: str, streams: Sequence[AppendStream], meta: EventMeta, *extra: Any
+) -> list[Appended]:
     ordered = sorted(streams, key=lambda s: s.stream_id)
     if len({s.stream_id for s in ordered}) != len(ordered):
         raise ValueError("a stream may appear only once in one append")
@@ -149,7 +169,7 @@ async def append(db: Executor, streams: Sequence[AppendStream], meta: EventMeta)
             data.append(encode(e))
     try:
         rows = await db.fetch(
-            _APPEND,
+            sql,
             meta.tenant,
             [s.stream_id for s in ordered],
             [s.expected for s in ordered],
@@ -157,6 +177,7 @@ async def append(db: Executor, streams: Sequence[AppendStream], meta: EventMeta)
             types,
             data,
             [meta_json] * len(data),
+            *extra,
         )
     except asyncpg.PostgresError as exc:
         raise _translate(exc) from None

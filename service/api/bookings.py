@@ -297,19 +297,29 @@ async def extend(request: Request) -> Response:
 
 
 BOOKING_DECODER = msgspec.json.Decoder(Booking)
+#: The rm_bookings columns booking_from_row needs.
+BOOKING_COLUMNS = "state::text AS state, version, position, created_at, updated_at"
+
+
+def booking_from_row(row: Any) -> Booking:
+    """A booking from its read-model row: `state` plus the columns only the append knew."""
+    b = BOOKING_DECODER.decode(row["state"])
+    b.version, b.position = row["version"], row["position"]
+    b.created_at, b.updated_at = row["created_at"], row["updated_at"]
+    return b
 
 
 async def get_booking(request: Request) -> Response:
     principal = await authenticate(request)
     await wait_for_position(request)
     row = await pool(request).fetchrow(
-        "SELECT state::text AS state FROM rm_bookings WHERE tenant_id = $1 AND booking_id = $2",
+        f"SELECT {BOOKING_COLUMNS} FROM rm_bookings WHERE tenant_id = $1 AND booking_id = $2",
         principal.tenant_id,
         request.path_params["id"],
     )
     if row is None:
         raise NotFound(f"booking {request.path_params['id']!r} does not exist")
-    b = BOOKING_DECODER.decode(row["state"])
+    b = booking_from_row(row)
     return json_response(booking_view(b, now()), headers={"ETag": f'"{b.version}"'})
 
 
@@ -357,7 +367,7 @@ async def list_bookings(request: Request) -> Response:
         clauses.append(f"(start_at, booking_id) > ({arg(after)}, {arg(bid)})")
     where = " AND ".join(clauses)
     rows = await pool(request).fetch(
-        f"SELECT start_at, booking_id, state::text AS state FROM rm_bookings WHERE {where} "
+        f"SELECT start_at, booking_id, {BOOKING_COLUMNS} FROM rm_bookings WHERE {where} "
         f"ORDER BY start_at, booking_id LIMIT {arg((limit or 50) + 1)}",
         *args,
     )
@@ -367,7 +377,7 @@ async def list_bookings(request: Request) -> Response:
         if len(rows) > len(page)
         else None
     )
-    data = [booking_view(BOOKING_DECODER.decode(r["state"]), at) for r in page]
+    data = [booking_view(booking_from_row(r), at) for r in page]
     return json_response(BookingPage(data=data, next_cursor=next_cursor))
 
 

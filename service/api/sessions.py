@@ -21,7 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service import streams
-from service.api.bookings import BOOKING_DECODER, aware, booking_view
+from service.api.bookings import BOOKING_COLUMNS, aware, booking_from_row, booking_view
 from service.api.common import (
     authenticate,
     decode_cursor,
@@ -431,12 +431,12 @@ async def get_session(request: Request) -> Response:
     bookings: list[BookingView] | None = None
     if "bookings" in include:
         rows = await db.fetch(
-            "SELECT state::text AS state FROM rm_bookings WHERE tenant_id = $1 "
+            f"SELECT {BOOKING_COLUMNS} FROM rm_bookings WHERE tenant_id = $1 "
             "AND session_id = $2 ORDER BY created_at, booking_id",
             principal.tenant_id,
             session_id,
         )
-        bookings = [booking_view(BOOKING_DECODER.decode(b["state"]), at) for b in rows]
+        bookings = [booking_view(booking_from_row(b), at) for b in rows]
     view = full_view(
         SESSION_DECODER.decode(row["body"]),
         row_status(row["status"]),
