@@ -76,29 +76,62 @@ def catalogue_of(newest: Mapping[str, RecordedEvent]) -> dict[str, ResourceUpser
     }
 
 
-async def read_service(r: Reader, tenant: str, service_id: str) -> ServiceUpserted:
+async def read_service_record(r: Reader, tenant: str, service_id: str) -> RecordedEvent:
     _, found = await r.read((), [streams.service(tenant, service_id)])
     rec = found.get(streams.service(tenant, service_id))
     if rec is None or not isinstance(rec.event, ServiceUpserted):
         raise NotFound(f"service {service_id!r} does not exist", service=service_id)
-    return rec.event
+    return rec
+
+
+async def read_service(r: Reader, tenant: str, service_id: str) -> ServiceUpserted:
+    event = (await read_service_record(r, tenant, service_id)).event
+    assert isinstance(event, ServiceUpserted)
+    return event
+
+
+#: The last ServiceUpserted seen per service stream, used only to plan which ledgers a hold reads
+#: so that it can read them and the fresh service in one round trip. Never decided on: the
+#: decision uses the service read in the same query, and a plan from a stale entry is redone.
+_PLANS: dict[str, RecordedEvent] = {}
+
+
+def _ledgers_for(cmd: HoldSlot, service: ServiceUpserted) -> tuple[list[str], list[str]]:
+    candidates = selected_resources(service, cmd.resources)
+    duration = duration_for(service, cmd.duration_minutes)
+    lo, hi = blocked(cmd.start, cmd.start + timedelta(minutes=duration), policy_of(service))
+    return (
+        ledger_streams(cmd.tenant, candidates, *ledger_span(lo, hi)),
+        [streams.resource(cmd.tenant, x) for x in candidates],
+    )
 
 
 def hold_decision(cmd: HoldSlot) -> Decide:
     tenant = cmd.tenant
     own = streams.booking(tenant, cmd.booking_id)
+    svc = streams.service(tenant, cmd.service_id)
 
     async def decide(r: Reader) -> Appends:
-        service = await read_service(r, tenant, cmd.service_id)
-        candidates = selected_resources(service, cmd.resources)
-        duration = duration_for(service, cmd.duration_minutes)
-        lo, hi = blocked(cmd.start, cmd.start + timedelta(minutes=duration), policy_of(service))
-        loaded, newest = await r.read(
-            ledger_streams(tenant, candidates, *ledger_span(lo, hi)),
-            [streams.resource(tenant, x) for x in candidates],
-        )
+        planned = _PLANS.get(svc)
+        if planned is not None and isinstance(planned.event, ServiceUpserted):
+            ledgers, resources = _ledgers_for(cmd, planned.event)
+            loaded, newest = await r.read(ledgers, [svc, *resources])
+            fresh = newest.get(svc)
+            if fresh is None:
+                _PLANS.pop(svc, None)
+                raise NotFound(f"service {cmd.service_id!r} does not exist", service=cmd.service_id)
+            if fresh.version == planned.version and isinstance(fresh.event, ServiceUpserted):
+                r.new_stream(own)
+                return decide_hold(cmd, fresh.event, catalogue_of(newest), ledgers_of(loaded))
+        service_rec = await read_service_record(r, tenant, cmd.service_id)
+        if len(_PLANS) > 10_000:
+            _PLANS.clear()
+        _PLANS[svc] = service_rec
+        assert isinstance(service_rec.event, ServiceUpserted)
+        ledgers, resources = _ledgers_for(cmd, service_rec.event)
+        loaded, newest = await r.read(ledgers, resources)
         r.new_stream(own)
-        return decide_hold(cmd, service, catalogue_of(newest), ledgers_of(loaded))
+        return decide_hold(cmd, service_rec.event, catalogue_of(newest), ledgers_of(loaded))
 
     return decide
 

@@ -286,6 +286,23 @@ class TestCalComRules:
         ]
 
 
+class TestServiceChanges:
+    async def test_an_edited_service_applies_to_the_very_next_hold(self, api: Api) -> None:
+        day = weekday_ahead(2)
+        await resource(api, "a")
+        await resource(api, "b")
+        await service(api, "s", ["a"])
+        assert (await hold(api, "s", at(day, "09:00")))["resources"] == ["a"]
+        await service(api, "s", ["b"], buffer_after_minutes=60)
+        moved = await hold(api, "s", at(day, "09:00"))
+        assert moved["resources"] == ["b"]
+        # The new buffer applies at once too: 10:00 on b is now within 09:00's buffer.
+        r = await api.post("/v1/bookings", {"service": "s", "start": iso(at(day, "10:00"))})
+        assert r.status_code == 409
+        await api.put("/v1/services/s", {"name": "x", "duration_minutes": 60, "resources": ["a"]})
+        assert (await hold(api, "s", at(day, "11:00")))["resources"] == ["a"]
+
+
 class TestLifecycle:
     async def test_reschedule_moves_the_booking_atomically_keeping_id_and_status(
         self, api: Api
