@@ -24,6 +24,7 @@ from bench import processes
 from bench.bare_app import TABLE as HTTP_TABLE
 from bench.context import Bench
 from bench.load import Client, HttpRequest, LoadResult
+from bench.processes import CpuMeter
 from bench.report import Row, Section
 from bench.stats import Latency, latency
 from service.events import BookingPolicy, EventMeta, SlotHeld, encode
@@ -67,7 +68,9 @@ class EndpointBaseline(msgspec.Struct, kw_only=True):
     latency: Latency
     sequential: Latency  # one request at a time
     failures: int
-    cpu: dict[str, float]
+    cpu: dict[str, float]  # cores used while measured
+    cpu_ms: dict[str, float]  # CPU milliseconds per request
+    cpu_text: str  # cores used and waited for, per process tree
     generator_cpu: float
     ceilings: dict[str, float]  # GET /healthz req/s per load-generator client
 
@@ -162,6 +165,20 @@ async def _ceilings(bench: Bench, base_url: str) -> dict[str, float]:
     return out
 
 
+async def endpoint_run(bench: Bench, n: int) -> tuple[LoadResult, CpuMeter]:
+    """One measured run of n INSERT requests (after n/10 warm-up) on a fresh bare app."""
+    with processes.bare_app(bench.url) as server:
+        cpu = bench.cpu_meter(server.pid)
+        r = await bench.drive(
+            server.base_url,
+            _insert_requests(n + n // 10),
+            concurrency=CONNECTIONS,
+            warmup=n // 10,
+            cpu=cpu,
+        )
+    return r, cpu
+
+
 async def endpoint_baseline(bench: Bench) -> EndpointBaseline:
     async def measure() -> EndpointBaseline:
         n = bench.scale.endpoint_requests
@@ -173,25 +190,20 @@ async def endpoint_baseline(bench: Bench) -> EndpointBaseline:
         bench.log(f"baseline (b): bare INSERT endpoint, 1 worker, {CONNECTIONS} connections")
         with processes.bare_app(bench.url) as server:
             ceilings = await _ceilings(bench, server.base_url)
-            cpu = bench.cpu_meter(server.pid)
-            r: LoadResult = await bench.drive(
-                server.base_url,
-                _insert_requests(n + n // 10),
-                concurrency=CONNECTIONS,
-                warmup=n // 10,
-                cpu=cpu,
-            )
             seq = await bench.drive(
                 server.base_url,
                 _insert_requests(bench.scale.availability_requests),
                 concurrency=1,
             )
+        r, cpu = await endpoint_run(bench, n)
         return EndpointBaseline(
             throughput=r.count(201) / r.elapsed,
             latency=latency([o.seconds for o in r.outcomes]),
             sequential=latency([o.seconds for o in seq.outcomes]),
             failures=len(r.outcomes) - r.count(201),
             cpu=cpu.shares(),
+            cpu_ms=cpu.per(len(r.outcomes)),
+            cpu_text=cpu.describe(),
             generator_cpu=round(r.cpu_seconds / r.elapsed, 2),
             ceilings=ceilings,
         )
@@ -201,7 +213,7 @@ async def endpoint_baseline(bench: Bench) -> EndpointBaseline:
 
 
 def endpoint_section(b: EndpointBaseline) -> Section:
-    cpu = ", ".join(f"{k} {v:.2f}" for k, v in b.cpu.items())
+    per = ", ".join(f"{k} {v:.3f} ms" for k, v in b.cpu_ms.items())
     return Section(
         name="endpoint",
         title="(b) bare INSERT endpoint",
@@ -213,7 +225,9 @@ def endpoint_section(b: EndpointBaseline) -> Section:
             Row(figure="non-201 answers", value=b.failures, unit=""),
         ],
         notes=[
-            f"(b) CPU while measured, in cores: {cpu}, load generator {b.generator_cpu:.2f}",
+            f"(b) CPU while measured, in cores: {b.cpu_text}, load generator "
+            f"{b.generator_cpu:.2f}; "
+            f"CPU per request: {per}",
             "load-generator ceiling on the bare app's GET /healthz, 64 conns: "
             + ", ".join(f"{k} {v:,.0f} req/s" for k, v in b.ceilings.items()),
         ],

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 
@@ -122,63 +123,103 @@ def bare_app(database_url: str) -> Iterator[Server]:
 # ── CPU accounting ───────────────────────────────────────────────────────────
 
 
-def _stat(pid: int) -> tuple[int, float] | None:
-    """(parent pid, CPU seconds of the process and its reaped children) or None if gone.
+class _Usage(NamedTuple):
+    ppid: int
+    cpu: float  # seconds on a CPU
+    waiting: float  # seconds runnable but waiting for a CPU (0 when unknown)
 
-    Counting reaped children (cutime, cstime) keeps the CPU of a PostgreSQL backend that exited
-    during a measurement: the postmaster reaps it."""
+
+def _stat(pid: int) -> _Usage | None:
+    """The process's CPU use so far, or None if it is gone.
+
+    On-CPU time comes from /proc/PID/schedstat (nanoseconds: a backend serving a short run uses a
+    few ms, which /proc/PID/stat's 10-ms ticks would round away), plus the ticks of reaped
+    children (cutime, cstime), which keeps the CPU of a PostgreSQL backend that exited during a
+    measurement (the postmaster reaps it). schedstat's second field is the time spent runnable
+    but waiting for a CPU: the measure of how much the machine's other work got in the way."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     fields = text[text.rindex(")") + 2 :].split()
-    return int(fields[1]), sum(int(f) for f in fields[11:15]) / _TICKS
+    reaped = (int(fields[13]) + int(fields[14])) / _TICKS
+    try:
+        run_ns, wait_ns, _ = Path(f"/proc/{pid}/schedstat").read_text().split()
+        return _Usage(int(fields[1]), int(run_ns) / 1e9 + reaped, int(wait_ns) / 1e9)
+    except (OSError, ValueError):
+        own = (int(fields[11]) + int(fields[12])) / _TICKS
+        return _Usage(int(fields[1]), own + reaped, 0.0)
 
 
-def tree_cpu(root: int) -> float:
-    """CPU seconds used so far by `root` and every live descendant (0 off Linux)."""
+def tree_usage(root: int) -> tuple[float, float]:
+    """(CPU seconds, seconds waiting for a CPU) of `root` and every live descendant so far."""
     if not Path("/proc").is_dir():
-        return 0.0
-    stats: dict[int, tuple[int, float]] = {}
+        return 0.0, 0.0
+    stats: dict[int, _Usage] = {}
     for entry in os.scandir("/proc"):
         if entry.name.isdigit() and (st := _stat(int(entry.name))) is not None:
             stats[int(entry.name)] = st
     children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in stats.items():
-        children.setdefault(ppid, []).append(pid)
-    total, todo = 0.0, [root]
+    for pid, st in stats.items():
+        children.setdefault(st.ppid, []).append(pid)
+    cpu = waiting = 0.0
+    todo = [root]
     while todo:
         pid = todo.pop()
         if pid in stats:
-            total += stats[pid][1]
+            cpu += stats[pid].cpu
+            waiting += stats[pid].waiting
         todo += children.get(pid, [])
-    return total
+    return cpu, waiting
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds used so far by `root` and every live descendant (0 off Linux)."""
+    return tree_usage(root)[0]
 
 
 def parent_of(pid: int) -> int | None:
     st = _stat(pid)
-    return st[0] if st else None
+    return st.ppid if st else None
 
 
 class CpuMeter:
-    """CPU seconds of named process trees between start() and stop(), as shares of one core."""
+    """CPU seconds of named process trees between start() and stop(), and the seconds they spent
+    runnable but waiting for a CPU, as shares of one core."""
 
     def __init__(self, roots: Mapping[str, int | None]) -> None:
         self.roots = {k: v for k, v in roots.items() if v is not None}
-        self.before: dict[str, float] = {}
+        self.before: dict[str, tuple[float, float]] = {}
         self.t0 = 0.0
         self.used: dict[str, float] = {}
+        self.waited: dict[str, float] = {}
         self.wall = 0.0
 
     def start(self) -> None:
-        self.before = {k: tree_cpu(v) for k, v in self.roots.items()}
+        self.before = {k: tree_usage(v) for k, v in self.roots.items()}
         self.t0 = time.perf_counter()
 
     def stop(self, wall: float | None = None) -> dict[str, float]:
         self.wall = wall if wall is not None else time.perf_counter() - self.t0
-        self.used = {k: tree_cpu(v) - self.before[k] for k, v in self.roots.items()}
+        after = {k: tree_usage(v) for k, v in self.roots.items()}
+        self.used = {k: after[k][0] - self.before[k][0] for k in self.roots}
+        self.waited = {k: after[k][1] - self.before[k][1] for k in self.roots}
         return self.shares()
+
+    def per(self, n: int) -> dict[str, float]:
+        """Milliseconds of CPU per unit of work (request, event) for each tree."""
+        return {k: round(v * 1e3 / n, 3) for k, v in self.used.items()} if n else {}
 
     def shares(self) -> dict[str, float]:
         """CPU used per tree as a fraction of one core over the wall time (2.0 = both cores)."""
         return {k: round(v / self.wall, 2) if self.wall else 0.0 for k, v in self.used.items()}
+
+    def describe(self) -> str:
+        """'server 0.51 (waited 0.20), postgres 1.00 (waited 0.31)': cores used, and cores'
+        worth of time spent waiting for a CPU, over the measured time."""
+        if not self.wall:
+            return ""
+        return ", ".join(
+            f"{k} {self.used[k] / self.wall:.2f} (waited {self.waited[k] / self.wall:.2f})"
+            for k in self.used
+        )

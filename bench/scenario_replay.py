@@ -93,7 +93,7 @@ async def run(bench: Bench) -> Section:
     result = await rebuild.replay(bench.url)
     seconds = time.perf_counter() - started
     python_cpu = time.process_time() - cpu0
-    shares = cpu.stop()
+    cpu.stop()
     _, bare_second = await bare_read(bench)
     bare_rate = n / min(bare_first, bare_second)
     replay_rate = n / seconds
@@ -119,8 +119,7 @@ async def run(bench: Bench) -> Section:
             f"7: replay {', '.join(result.projections)}; it read {result.events:,} events "
             f"(asynchronous projections read the log again), {result.catch_up_rounds} catch-up "
             f"round(s), swapped={result.swapped} after {result.swap_attempts} attempt(s); "
-            f"CPU in cores: replay process {python_cpu / seconds:.2f}, "
-            f"postgres {shares.get('postgres', 0):.2f}; "
+            f"CPU in cores: replay process {python_cpu / seconds:.2f}, {cpu.describe()}; "
             f"bare runs {bare_first:.2f} s and {bare_second:.2f} s"
             + (f"; seeded {seeded:,} events by COPY in {seed_seconds:.1f} s" if seeded else "")
         ],
