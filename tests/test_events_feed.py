@@ -8,9 +8,11 @@ from typing import Any
 from tests.cli import slotlog
 from tests.conftest import Api
 from tests.helpers import at, hold, resource, service, weekday_ahead
+from tests.settle import settled
 
 
 async def feed(api: Api, **params: Any) -> dict[str, Any]:
+    await settled(api.pool)
     r = await api.get("/v1/events", params=params)
     assert r.status_code == 200, r.text
     body: dict[str, Any] = r.json()

@@ -32,7 +32,9 @@ def advisory_holders(database_url: str) -> dict[int, int]:
         try:
             rows = await conn.fetch(
                 "SELECT objid::bigint AS key, count(*) AS n FROM pg_locks "
-                "WHERE locktype = 'advisory' AND granted AND objid = ANY($1::oid[]) GROUP BY 1",
+                "WHERE locktype = 'advisory' AND granted AND objid = ANY($1::oid[]) "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                "GROUP BY 1",
                 KEYS,
             )
         finally:
@@ -95,6 +97,6 @@ def test_exactly_one_leader_per_worker_and_takeover_after_sigkill(database_url: 
             assert r.status_code == 200, r.text
         wait_for(
             lambda: ready(survivor)["projections"]["stats"]["events_behind"] == 0,
-            10,
+            30,
             "projection after takeover",
         )

@@ -17,6 +17,7 @@ from projections.runner import ProjectionRunner
 from service.webhooks import Settings, WebhookSender
 from tests.conftest import Api
 from tests.helpers import at, hold, iso, resource, service, weekday_ahead
+from tests.settle import settled
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -61,6 +62,7 @@ class TestReadyz:
         assert stats["seconds_behind"] >= 0
         assert set(body["projections"]) == {"stats", "webhooks"}
 
+        await settled(app.state.pool)
         await ProjectionRunner(app.state.pool).catch_up()
         caught_up = (await api.client.get("/readyz")).json()["projections"]["stats"]
         assert caught_up["events_behind"] == 0
@@ -130,6 +132,7 @@ class TestMetrics:
         )
         assert r.status_code == 200, r.text
         await some_bookings(api, 1, first_hour=14)
+        await settled(app.state.pool)
         sender = WebhookSender(app.state.pool, Settings(timeout=0.5, backoff_base=60))
         try:
             await sender.step()  # dispatch the new events; the first attempt fails (port 9)

@@ -15,6 +15,7 @@ from service.db import migrate
 from service.handler import Commands
 from service.tenants import create_tenant
 from tests.cli import slotlog
+from tests.settle import settled
 from tests.workload import Workload
 
 LIVE_TABLES = ("rm_resources", "rm_services", "rm_bookings", "rm_busy", "rm_sessions")
@@ -57,6 +58,7 @@ async def test_verify_after_10000_random_commands_then_name_a_tampered_row(
         "approve",
         "reject",
     }
+    await settled(pool)
     await ProjectionRunner(pool).catch_up()  # the async `stats` projection, verified as well
 
     done = slotlog(database_url, "replay", "--verify")
@@ -98,6 +100,7 @@ async def test_replay_swaps_in_while_commands_keep_writing(
         assert result.swapped
         swaps += 1
     await load
+    await settled(pool)
     await ProjectionRunner(pool).catch_up()
     check = await replay(database_url, verify=True)
     assert check.differences == [], [str(d) for d in check.differences]
@@ -115,8 +118,10 @@ async def test_rebuilding_stats_sets_its_checkpoint_in_the_same_swap(
     w = await workload(pool, seed=5)
     await w.run(300)
     # The runner has never run: the swap both fills the table and moves the checkpoint.
+    await settled(pool)
     result = await replay(database_url, ["stats"])
     assert result.swapped and result.projections == ["stats"]
+    await settled(pool)
     assert await ProjectionRunner(pool).catch_up() == 0
     counted = await pool.fetch(
         "SELECT tenant_id, count(*) AS n FROM events GROUP BY tenant_id ORDER BY tenant_id"
@@ -126,6 +131,7 @@ async def test_rebuilding_stats_sets_its_checkpoint_in_the_same_swap(
         (r["tenant_id"], r["events"]) for r in stats
     ]
     await w.run(100)
+    await settled(pool)
     await ProjectionRunner(pool).catch_up()
     assert (await replay(database_url, ["stats"], verify=True)).differences == []
 

@@ -18,6 +18,7 @@ from service.workers import LeaderWorker
 from tests.conftest import Api
 from tests.helpers import at, hold, resource, service, weekday_ahead
 from tests.receiver import Receiver
+from tests.settle import settled
 
 SECRET = "whsec_test_0123456789"
 FAST = Settings(timeout=0.5, backoff_base=0.2, backoff_max=0.5)
@@ -69,6 +70,7 @@ async def deliveries(api: Api, wid: str = "w1", **params: Any) -> list[dict[str,
 
 
 async def feed_positions(api: Api) -> list[int]:
+    await settled(api.pool)
     r = await api.get("/v1/events", params={"limit": 1000})
     return [e["position"] for e in r.json()["events"]]
 

@@ -22,7 +22,15 @@ from service.openapi import Op
 
 #: The asynchronous consumers of the log whose lag is reported.
 CONSUMERS = (*(p.name for p in ASYNC_PROJECTIONS), "webhooks")
-DATABASE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# Whatever stops us from talking to the database (asyncpg also raises InternalClientError on a
+# connection the server has just terminated): a probe answers 503 rather than 500 for all of it.
+DATABASE_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 
 
 def _leading(request: Request) -> dict[str, bool]:
