@@ -56,10 +56,15 @@ class Consumer(Protocol):
 
 
 class AsyncProjection(Consumer, Protocol):
-    """A consumer whose rows live in one table that replay can rebuild and swap."""
+    """A consumer whose rows live in one table that replay can rebuild and swap.
+
+    With `needs_event_data` False, `apply` only reads `tenant_id`, `type`, `position`,
+    `recorded_at` and `checkpoint` of each event, so replay feeds it light entries read without
+    decoding the events' JSON (projections/replay.py)."""
 
     table: str
     key: tuple[str, ...]
+    needs_event_data: bool
 
 
 ASYNC_PROJECTIONS: tuple[AsyncProjection, ...] = (StatsProjection(),)

@@ -15,11 +15,9 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
-
-from service.store import RecordedEvent
 
 _JSON = msgspec.json.Encoder()
 
@@ -32,17 +30,34 @@ class _TenantBatch:
     last_recorded_at: datetime | None = None
 
 
+class Logged(Protocol):
+    """What this projection reads of an event (a RecordedEvent, or replay's light entry)."""
+
+    @property
+    def tenant_id(self) -> str: ...
+
+    @property
+    def type(self) -> str: ...
+
+    @property
+    def position(self) -> int: ...
+
+    @property
+    def recorded_at(self) -> datetime: ...
+
+
 class StatsProjection:
     """rm_tenant_stats(tenant_id, events, by_type, last_position, last_recorded_at)."""
 
     name: str = "stats"
     table: str = "rm_tenant_stats"
     key: tuple[str, ...] = ("tenant_id",)
+    needs_event_data: bool = False
 
     async def apply(
         self,
         conn: Any,
-        events: Sequence[RecordedEvent],
+        events: Sequence[Logged],
         *,
         tables: Mapping[str, str] | None = None,
     ) -> None:
