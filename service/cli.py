@@ -1,4 +1,4 @@
-"""The `slotlog` command: serve | migrate | tenants create | replay | history.
+"""The `slotlog` command: serve | migrate | tenants create | replay | history | project.
 
 `serve` with no DATABASE_URL starts the embedded PostgreSQL under SLOTLOG_DATA_DIR, applies the
 schema, makes sure a tenant exists, and runs uvicorn; on exit (SIGTERM, Ctrl-C) it stops the
