@@ -127,6 +127,15 @@ class Bench:
     async def connect(self) -> asyncpg.Connection:
         return await asyncpg.connect(self.url)
 
+    async def analyze(self) -> None:
+        """Refresh the planner's statistics (as an operator would after a bulk load), so that a
+        scenario's plans do not depend on when autovacuum last analysed the tables."""
+        conn = await self.connect()
+        try:
+            await conn.execute("ANALYZE")
+        finally:
+            await conn.close()
+
     async def tenant(self) -> str:
         """The bootstrap tenant's id (it exists once a slotlog server has started)."""
         if self.tenant_id is None:
