@@ -91,9 +91,9 @@ async def test_replay_swaps_in_while_commands_keep_writing(
     pool: asyncpg.Pool, database_url: str
 ) -> None:
     w = await workload(pool, seed=11)
-    await w.run(800)
+    await w.run(500)
     before = await indexes(pool)
-    load = asyncio.create_task(w.run(3000, concurrency=6))
+    load = asyncio.create_task(w.run(2000, concurrency=6))
     swaps = 0
     while not load.done() or swaps < 2:
         result = await replay(database_url)
