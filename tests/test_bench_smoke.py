@@ -34,6 +34,6 @@ def test_the_quick_store_benchmark_exits_0_and_writes_a_json_report(
     sections = {s["name"]: s for s in report["sections"]}
     assert list(sections) == ["insert", "store"]
     assert all(s["error"] is None for s in sections.values())
-    [appends, _] = sections["store"]["rows"]
+    appends = sections["store"]["rows"][0]
     assert appends["value"] > 0 and appends["baseline"] > 0 and appends["ratio"] > 0
     assert report["postgres"]["settings"]["fsync"] in ("on", "off")
