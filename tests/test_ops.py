@@ -14,9 +14,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 
 from projections.runner import ProjectionRunner
+from service import streams
+from service.decider import Appends
+from service.events import EventMeta, ResourceUpserted
+from service.handler import Decide, Reader
 from service.webhooks import Settings, WebhookSender
 from tests.conftest import Api
-from tests.helpers import at, hold, iso, resource, service, weekday_ahead
+from tests.helpers import at, hold, resource, service, weekday_ahead
 from tests.settle import settled
 
 
@@ -108,17 +112,42 @@ class TestMetrics:
         assert any(k[0] == "slotlog_http_request_duration_seconds_bucket" for k in m)
         assert not any("bk_missing" in str(k) for k in m), "concrete paths must not be labels"
 
-    async def test_appended_events_conflicts_and_retries(self, api: Api) -> None:
+    async def test_appended_events_conflicts_and_retries(self, api: Api, app: Starlette) -> None:
         await resource(api, "host")
-        await service(api, "consult", ["host"])
-        start = iso(at(weekday_ahead(1), "10:00"))
-        answers = await asyncio.gather(
-            *(api.post("/v1/bookings", {"service": "consult", "start": start}) for _ in range(12))
-        )
-        assert sorted(r.status_code for r in answers) == [201] + [409] * 11
+        before = await scrape(api)
+        # Two commands on one stream that both read it before either appends: one wins, the
+        # other meets a version conflict and is re-decided (a retry).
+        stream = streams.resource(api.tenant["tenant_id"], "host")
+        both_read = asyncio.Barrier(2)
+        decisions = 0
+
+        def upsert(name: str) -> Decide:
+            async def decide(r: Reader) -> Appends:
+                nonlocal decisions
+                await r.read_latest(stream)
+                decisions += 1
+                if decisions <= 2:  # the first two wait for each other; the retry goes on
+                    await asyncio.wait_for(both_read.wait(), 5)
+                event = ResourceUpserted(
+                    resource_id="host",
+                    name=name,
+                    timezone="UTC",
+                    weekly={},
+                    overrides={},
+                    metadata={},
+                )
+                return {stream: [event]}
+
+            return decide
+
+        meta = EventMeta(tenant=api.tenant["tenant_id"], actor="test")
+        commands = app.state.commands
+        await asyncio.gather(commands.run(meta, upsert("a")), commands.run(meta, upsert("b")))
         m = await scrape(api)
-        # 2 catalogue upserts + one hold (SlotHeld + TimeClaimed on each touched day stream).
-        assert m[("slotlog_events_appended_total", ())] >= 4
+        assert (
+            m[("slotlog_events_appended_total", ())] - before[("slotlog_events_appended_total", ())]
+            == 2
+        )
         assert m[("slotlog_version_conflicts_total", ())] >= 1
         assert m[("slotlog_command_retries_total", ())] >= 1
 
