@@ -6,6 +6,7 @@ and the dates and request bodies the scenarios use.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -79,3 +80,21 @@ async def get_json(base_url: str, path: str, params: dict[str, str]) -> Any:
         r = await client.get(path, params=params, headers=AUTH)
         r.raise_for_status()
         return r.json()
+
+
+async def settle(base_url: str, limit: float = 300) -> float:
+    """Wait until the server's asynchronous consumers (projection runner, webhook dispatcher) have
+    caught up with the log, as GET /readyz reports, so that a measurement does not share the
+    machine with a backlog left by set-up or seeding. Returns the seconds waited."""
+    started = time.perf_counter()
+    async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
+        while True:
+            r = await client.get("/readyz")
+            projections = r.json().get("projections", {}) if r.status_code == 200 else None
+            if projections is not None and all(
+                p.get("events_behind", 0) == 0 for p in projections.values()
+            ):
+                return time.perf_counter() - started
+            if time.perf_counter() - started > limit:
+                raise TimeoutError(f"the consumers did not catch up in {limit:.0f} s: {r.text}")
+            await asyncio.sleep(0.2)

@@ -20,7 +20,17 @@ import msgspec
 
 from bench import processes
 from bench.baselines import CONNECTIONS, endpoint_baseline
-from bench.catalogue import CUSTOMER, SLOTS_PER_DAY, at, body, day, get_json, iso, put_all
+from bench.catalogue import (
+    CUSTOMER,
+    SLOTS_PER_DAY,
+    at,
+    body,
+    day,
+    get_json,
+    iso,
+    put_all,
+    settle,
+)
 from bench.catalogue import resource as resource_body
 from bench.catalogue import service as service_body
 from bench.context import PUBLIC, SECRET, Bench
@@ -92,6 +102,8 @@ async def history(bench: Bench) -> Section:
             bench.url, [Plan(tenant, "big", "big", _spread(n, days, PER_DAY))]
         )
         bench.log(f"   {events} events with read models in {seconds:.1f} s")
+        settled = await settle(server.base_url)
+        bench.log(f"   the server's consumers caught up with the log in {settled:.1f} s")
 
         # Sequential: alternate halves so that a noisy neighbour hurts both resources alike.
         seq_days = math.ceil(seq / SLOTS_PER_DAY)
@@ -230,6 +242,8 @@ async def availability(bench: Bench) -> Section:
             ],
         )
         bench.log(f"   {events} events with read models in {seconds:.1f} s")
+        settled = await settle(server.base_url)
+        bench.log(f"   the server's consumers caught up with the log in {settled:.1f} s")
 
         def query(service: str) -> HttpRequest:
             q = f"service={service}&from={week[0].isoformat()}&to={week[-1].isoformat()}"

@@ -29,6 +29,7 @@ from bench.catalogue import (
     put_all,
     resource,
     service,
+    settle,
 )
 from bench.context import PUBLIC, SECRET, Bench
 from bench.load import HttpRequest, LoadResult
@@ -75,6 +76,7 @@ async def holds(bench: Bench) -> Section:
         "each run right after a bare-endpoint run"
     )
     pairs: list[tuple[LoadResult, CpuMeter, LoadResult, CpuMeter]] = []
+    settled = 0.0
     for i in range(PAIRS):
         bare, bare_cpu = await endpoint_run(bench, n)
         with processes.slotlog(bench.url, workers=1, secret=SECRET, public=PUBLIC) as server:
@@ -84,6 +86,7 @@ async def holds(bench: Bench) -> Section:
                     [(f"/v1/resources/hr{k}", resource(f"Room {k}")) for k in range(RESOURCES)],
                     [(f"/v1/services/hs{k}", service([f"hr{k}"])) for k in range(RESOURCES)],
                 )
+            settled += await settle(server.base_url)
             cpu = bench.cpu_meter(server.pid)
             r = await bench.drive(
                 server.base_url,
@@ -152,7 +155,8 @@ async def holds(bench: Bench) -> Section:
             + ", ".join(f"({rate(p[0]):,.0f}, {rate(p[2]):,.0f})" for p in pairs),
             f"2: CPU while measured (median pair), in cores: {cpu.describe()}, load generator "
             f"{r.cpu_seconds / r.elapsed:.2f}; CPU per hold: {per} (bare endpoint per request: "
-            f"{bare_per}); answers {statuses(r)}",
+            f"{bare_per}); answers {statuses(r)}; waited {settled:.1f} s for the server's "
+            "consumers to catch up with the log before measuring",
         ],
         details={
             "statuses": statuses(r),
@@ -174,6 +178,7 @@ async def one_slot(bench: Bench) -> Section:
             [("/v1/resources/one", resource("One"))],
             [("/v1/services/one", service(["one"], 60))],
         )
+        await settle(server.base_url)
         for n in range(rounds):
             start = iso(at(day(3 + n), 10 * 60))
             payload = body({"service": "one", "start": start, "customer": CUSTOMER})
@@ -245,6 +250,7 @@ async def seats(bench: Bench) -> Section:
                     ),
                 ],
             )
+            await settle(server.base_url)
             payload = body({"seats": 1, "customer": {"name": "x"}, "confirm": True})
             requests = [HttpRequest("POST", f"/v1/sessions/class{n}/bookings", payload)]
             results.append(
