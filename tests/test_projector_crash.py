@@ -30,15 +30,19 @@ def start_projector(database_url: str, **env: str) -> subprocess.Popen[bytes]:
     )
 
 
-async def in_flight_batch(pool: asyncpg.Pool, database_url: str) -> bool:
+async def in_flight_batch(pool: asyncpg.Pool, database_url: str, *, fresh: bool = False) -> bool:
     """Is a projector transaction open with its rows applied, waiting to write its checkpoint?
-    (SLOTLOG_PROJECTOR_APPLY_DELAY parks it there, 'idle in transaction'.)"""
+    (SLOTLOG_PROJECTOR_APPLY_DELAY parks it there, 'idle in transaction', for 0.3 s.) `fresh`:
+    one that began less than 0.1 s ago, so it cannot commit before we kill it."""
     database = database_url.rsplit("/", 1)[1].split("?", 1)[0]
     return bool(
         await pool.fetchval(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 "
-            "AND state = 'idle in transaction' AND backend_xid IS NOT NULL",
+            "AND state = 'idle in transaction' AND backend_xid IS NOT NULL "
+            "AND query LIKE 'INSERT INTO rm_tenant_stats%' "  # its last statement: the rows
+            "AND (NOT $2 OR clock_timestamp() - xact_start < interval '100 milliseconds')",
             database,
+            fresh,
         )
     )
 
@@ -63,9 +67,10 @@ async def test_sigkill_mid_batch_then_restart_applies_every_event_exactly_once(
             deadline = time.monotonic() + 60
             while True:
                 assert time.monotonic() < deadline, "the projector never got into a batch"
-                before = await read_checkpoint(pool, "stats")
-                if before.position and await in_flight_batch(pool, database_url):
-                    break
+                if await in_flight_batch(pool, database_url, fresh=True):
+                    before = await read_checkpoint(pool, "stats")  # committed, before the batch
+                    if before.position:
+                        break
                 await asyncio.sleep(0.02)
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
