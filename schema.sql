@@ -46,89 +46,32 @@ CREATE OR REPLACE TRIGGER events_no_delete BEFORE DELETE ON events
 CREATE OR REPLACE TRIGGER events_no_truncate BEFORE TRUNCATE ON events
     FOR EACH STATEMENT EXECUTE FUNCTION slotlog_events_are_immutable();
 
--- Append events to one or more streams atomically, in one round trip.
---   p_streams / p_expected: one entry per stream, sorted by stream id by the caller (lock order,
---     so that two multi-stream appends never deadlock). Expected: >= 0 exact version (0 = the
---     stream must not exist), -1 no stream, -2 any, -3 stream exists.
---   p_event_streams / p_types / p_data / p_metadata: one entry per event, in append order.
--- Returns one row per event: (stream_id, version, position, recorded_at), in append order.
--- A mismatch raises SQLSTATE SL001 with DETAIL = {"stream", "expected", "actual"} (actual 0 when
--- the stream does not exist) and, being an exception, writes nothing to any stream.
--- Never ON CONFLICT DO NOTHING on events: a duplicate (stream_id, version) must fail loudly.
-CREATE OR REPLACE FUNCTION slotlog_append(
-    p_tenant text,
-    p_streams text[],
-    p_expected bigint[],
-    p_event_streams text[],
-    p_types text[],
-    p_data jsonb[],
-    p_metadata jsonb[]
-) RETURNS TABLE (stream_id text, version bigint, event_position bigint, recorded_at timestamptz)
-LANGUAGE plpgsql AS $$
-#variable_conflict use_column
+-- Raised by the append statement (service/store.py) when a stream was not at its expected
+-- version: names the first stream that did not move (`p_moved`: those that did) with its actual
+-- version, and aborts the statement, so nothing of it is written. Returns timestamptz only to
+-- fit the statement's shape.
+DROP FUNCTION IF EXISTS slotlog_conflict(text[], bigint[]);
+CREATE OR REPLACE FUNCTION slotlog_conflict(p_streams text[], p_expected bigint[], p_moved text[])
+RETURNS timestamptz LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     i int;
-    n_streams int := coalesce(array_length(p_streams, 1), 0);
-    n_events int := coalesce(array_length(p_event_streams, 1), 0);
-    s text;
-    expected bigint;
-    added bigint;
-    new_version bigint;
     actual bigint;
-    bases jsonb := '{}'::jsonb;
-    versions bigint[] := '{}';
-    next_version jsonb;
 BEGIN
-    FOR i IN 1 .. n_streams LOOP
-        s := p_streams[i];
-        expected := p_expected[i];
-        SELECT count(*) INTO added FROM unnest(p_event_streams) AS e(sid) WHERE e.sid = s;
-        new_version := NULL;
-        IF expected = -2 THEN
-            INSERT INTO streams AS st (stream_id, version) VALUES (s, added)
-            ON CONFLICT ON CONSTRAINT streams_pkey DO UPDATE SET version = st.version + added
-            RETURNING st.version INTO new_version;
-        ELSIF expected = -3 THEN
-            UPDATE streams AS st SET version = st.version + added WHERE st.stream_id = s
-            RETURNING st.version INTO new_version;
-        ELSIF expected <= 0 THEN
-            INSERT INTO streams AS st (stream_id, version) VALUES (s, added)
-            ON CONFLICT ON CONSTRAINT streams_pkey DO NOTHING
-            RETURNING st.version INTO new_version;
-        ELSE
-            UPDATE streams AS st SET version = expected + added
-            WHERE st.stream_id = s AND st.version = expected
-            RETURNING st.version INTO new_version;
-        END IF;
-        IF new_version IS NULL THEN
-            SELECT st.version INTO actual FROM streams AS st WHERE st.stream_id = s;
-            RAISE EXCEPTION 'wrong expected version for stream %', s
-                USING ERRCODE = 'SL001',
-                      DETAIL = jsonb_build_object('stream', s, 'expected', expected,
-                                                  'actual', coalesce(actual, 0))::text;
-        END IF;
-        bases := bases || jsonb_build_object(s, new_version - added);
+    FOR i IN 1 .. coalesce(array_length(p_streams, 1), 0) LOOP
+        CONTINUE WHEN p_streams[i] = ANY (p_moved);
+        SELECT st.version INTO actual FROM streams AS st WHERE st.stream_id = p_streams[i];
+        RAISE EXCEPTION 'wrong expected version for stream %', p_streams[i]
+            USING ERRCODE = 'SL001',
+                  DETAIL = jsonb_build_object('stream', p_streams[i], 'expected', p_expected[i],
+                      'actual', coalesce(actual, 0))::text;
     END LOOP;
-
-    FOR i IN 1 .. n_events LOOP
-        s := p_event_streams[i];
-        next_version := bases -> s;
-        IF next_version IS NULL THEN
-            RAISE EXCEPTION 'event % names stream % without an expected version', i, s
-                USING ERRCODE = 'SL003';
-        END IF;
-        versions := versions || ((next_version)::bigint + 1);
-        bases := bases || jsonb_build_object(s, (next_version)::bigint + 1);
-    END LOOP;
-
-    RETURN QUERY
-    INSERT INTO events AS ev (stream_id, version, tenant_id, type, data, metadata)
-    SELECT e.sid, e.ver, p_tenant, e.typ, e.dat, e.met
-    FROM unnest(p_event_streams, versions, p_types, p_data, p_metadata)
-         WITH ORDINALITY AS e(sid, ver, typ, dat, met, ord)
-    ORDER BY e.ord
-    RETURNING ev.stream_id, ev.version, ev.position, ev.recorded_at;
+    RAISE EXCEPTION 'append aborted without a conflicting stream' USING ERRCODE = 'SL003';
 END $$;
+
+-- The append itself is one statement sent by service/store.py (see _APPEND_CTE there); earlier
+-- schema versions had procedural functions for it.
+DROP FUNCTION IF EXISTS slotlog_append(text, text[], bigint[], text[], text[], jsonb[], jsonb[]);
+DROP FUNCTION IF EXISTS slotlog_command(text, text[], bigint[], text[], text[], jsonb[], jsonb[], jsonb);
 
 -- ───────────────────────────── tenants and keys ─────────────────────────────
 
@@ -252,117 +195,6 @@ CREATE TABLE IF NOT EXISTS rm_sessions (
 );
 CREATE INDEX IF NOT EXISTS rm_sessions_stream ON rm_sessions (stream_id);
 CREATE INDEX IF NOT EXISTS rm_sessions_start ON rm_sessions (tenant_id, start_at, session_id);
-
--- A command in one round trip: append (as slotlog_append) and, in the same statement and so the
--- same transaction, replace the inline read-model rows of every appended stream. `p_rows` maps a
--- table to {"streams": [...], "rows": [...]}: the rows are folds of the streams computed by the
--- caller (projections/readmodels.py), except for what only the append knows, filled in here
--- from its result: `position` (the stream's last new position), `updated_at` (its last new
--- recorded_at) and, when the row has none yet, `created_at` (its first new recorded_at).
-CREATE OR REPLACE FUNCTION slotlog_command(
-    p_tenant text,
-    p_streams text[],
-    p_expected bigint[],
-    p_event_streams text[],
-    p_types text[],
-    p_data jsonb[],
-    p_metadata jsonb[],
-    p_rows jsonb
-) RETURNS TABLE (stream_id text, version bigint, event_position bigint, recorded_at timestamptz)
-LANGUAGE plpgsql AS $$
-#variable_conflict use_column
-DECLARE
-    v_streams text[];
-    v_versions bigint[];
-    v_positions bigint[];
-    v_times timestamptz[];
-BEGIN
-    SELECT array_agg(a.stream_id ORDER BY a.event_position),
-           array_agg(a.version ORDER BY a.event_position),
-           array_agg(a.event_position ORDER BY a.event_position),
-           array_agg(a.recorded_at ORDER BY a.event_position)
-      INTO v_streams, v_versions, v_positions, v_times
-      FROM slotlog_append(p_tenant, p_streams, p_expected, p_event_streams, p_types, p_data,
-                          p_metadata) AS a;
-
-    IF p_rows ? 'rm_bookings' THEN
-        DELETE FROM rm_bookings AS t WHERE t.stream_id IN
-            (SELECT jsonb_array_elements_text(p_rows -> 'rm_bookings' -> 'streams'));
-        WITH a AS (
-            SELECT x.s AS stream_id, max(x.p) AS last_pos, min(x.t) AS first_at,
-                   max(x.t) AS last_at
-              FROM unnest(v_streams, v_positions, v_times) AS x(s, p, t) GROUP BY x.s
-        )
-        INSERT INTO rm_bookings (tenant_id, booking_id, stream_id, kind, status, service_id,
-            session_id, resources, start_at, end_at, expires_at, seats, state, version,
-            position, created_at, updated_at)
-        SELECT r.tenant_id, r.booking_id, r.stream_id, r.kind, r.status, r.service_id,
-               r.session_id, r.resources, r.start_at, r.end_at, r.expires_at, r.seats, r.state,
-               r.version, coalesce(a.last_pos, r.position), coalesce(r.created_at, a.first_at),
-               coalesce(a.last_at, r.updated_at)
-          FROM jsonb_populate_recordset(NULL::rm_bookings, p_rows -> 'rm_bookings' -> 'rows') AS r
-          LEFT JOIN a ON a.stream_id = r.stream_id;
-    END IF;
-
-    IF p_rows ? 'rm_busy' THEN
-        DELETE FROM rm_busy AS t WHERE t.stream_id IN
-            (SELECT jsonb_array_elements_text(p_rows -> 'rm_busy' -> 'streams'));
-        INSERT INTO rm_busy
-        SELECT * FROM jsonb_populate_recordset(NULL::rm_busy, p_rows -> 'rm_busy' -> 'rows');
-    END IF;
-
-    IF p_rows ? 'rm_sessions' THEN
-        DELETE FROM rm_sessions AS t WHERE t.stream_id IN
-            (SELECT jsonb_array_elements_text(p_rows -> 'rm_sessions' -> 'streams'));
-        WITH a AS (
-            SELECT x.s AS stream_id, max(x.p) AS last_pos, min(x.t) AS first_at,
-                   max(x.t) AS last_at
-              FROM unnest(v_streams, v_positions, v_times) AS x(s, p, t) GROUP BY x.s
-        )
-        INSERT INTO rm_sessions (tenant_id, session_id, stream_id, resource_id, start_at, end_at,
-            status, max_seats, body, claims, version, updated_at)
-        SELECT r.tenant_id, r.session_id, r.stream_id, r.resource_id, r.start_at, r.end_at,
-               r.status, r.max_seats, r.body, r.claims, r.version,
-               coalesce(a.last_at, r.updated_at)
-          FROM jsonb_populate_recordset(NULL::rm_sessions, p_rows -> 'rm_sessions' -> 'rows') AS r
-          LEFT JOIN a ON a.stream_id = r.stream_id;
-    END IF;
-
-    IF p_rows ? 'rm_resources' THEN
-        DELETE FROM rm_resources AS t WHERE t.stream_id IN
-            (SELECT jsonb_array_elements_text(p_rows -> 'rm_resources' -> 'streams'));
-        WITH a AS (
-            SELECT x.s AS stream_id, max(x.p) AS last_pos, min(x.t) AS first_at,
-                   max(x.t) AS last_at
-              FROM unnest(v_streams, v_positions, v_times) AS x(s, p, t) GROUP BY x.s
-        )
-        INSERT INTO rm_resources (tenant_id, resource_id, stream_id, body, version, position,
-            updated_at)
-        SELECT r.tenant_id, r.resource_id, r.stream_id, r.body, r.version,
-               coalesce(a.last_pos, r.position), coalesce(a.last_at, r.updated_at)
-          FROM jsonb_populate_recordset(NULL::rm_resources, p_rows -> 'rm_resources' -> 'rows') AS r
-          LEFT JOIN a ON a.stream_id = r.stream_id;
-    END IF;
-
-    IF p_rows ? 'rm_services' THEN
-        DELETE FROM rm_services AS t WHERE t.stream_id IN
-            (SELECT jsonb_array_elements_text(p_rows -> 'rm_services' -> 'streams'));
-        WITH a AS (
-            SELECT x.s AS stream_id, max(x.p) AS last_pos, min(x.t) AS first_at,
-                   max(x.t) AS last_at
-              FROM unnest(v_streams, v_positions, v_times) AS x(s, p, t) GROUP BY x.s
-        )
-        INSERT INTO rm_services (tenant_id, service_id, stream_id, body, version, position,
-            updated_at)
-        SELECT r.tenant_id, r.service_id, r.stream_id, r.body, r.version,
-               coalesce(a.last_pos, r.position), coalesce(a.last_at, r.updated_at)
-          FROM jsonb_populate_recordset(NULL::rm_services, p_rows -> 'rm_services' -> 'rows') AS r
-          LEFT JOIN a ON a.stream_id = r.stream_id;
-    END IF;
-
-    RETURN QUERY SELECT x.s, x.v, x.p, x.t
-      FROM unnest(v_streams, v_versions, v_positions, v_times) AS x(s, v, p, t);
-END $$;
 
 SELECT pg_advisory_unlock(7320001);
 

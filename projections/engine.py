@@ -18,6 +18,48 @@ from service.store import RecordedEvent
 _PAYLOAD = msgspec.json.Encoder()
 
 
+def _patched(column: str) -> str:
+    """What only the append knows, taken from its result (`changed`, per stream)."""
+    return {
+        "position": "coalesce(a.last_pos, r.position)",
+        "updated_at": "coalesce(a.last_at, r.updated_at)",
+        "created_at": "coalesce(r.created_at, a.first_at)",
+    }.get(column, f"r.{column}")
+
+
+def _rows_ctes(p: Projection[Any]) -> str:
+    t = p.table
+    keys = ", ".join(p.key)
+    cols = ", ".join(p.columns)
+    values = ", ".join(_patched(c) for c in p.columns)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in p.columns if c not in p.key)
+    return f"""
+, rows_{t} AS (
+    SELECT * FROM jsonb_populate_recordset(NULL::{t}, $9::jsonb -> '{t}' -> 'rows')
+), stale_{t} AS (
+    DELETE FROM {t}
+     WHERE stream_id IN (SELECT jsonb_array_elements_text($9::jsonb -> '{t}' -> 'streams'))
+       AND ({keys}) NOT IN (SELECT {keys} FROM rows_{t})
+), upsert_{t} AS (
+    INSERT INTO {t} ({cols})
+    SELECT {values} FROM rows_{t} AS r LEFT JOIN changed AS a ON a.stream_id = r.stream_id
+    ON CONFLICT ({keys}) DO UPDATE SET {updates}
+)"""
+
+
+#: CTEs that follow the append statement (service/store.py) to replace the inline read-model rows
+#: of the appended streams in the same statement: a whole command in one round trip. Rows are
+#: folded by the caller before the append; `position`, `updated_at` and a missing `created_at`
+#: come from the append's own result. Stale rows of those streams are deleted, the rest upserted
+#: (never both on one row, which one statement may not do).
+ROWS_SQL = """
+, changed AS (
+    SELECT stream_id, max(position) AS last_pos, min(recorded_at) AS first_at,
+           max(recorded_at) AS last_at
+      FROM appended GROUP BY stream_id
+)""" + "".join(_rows_ctes(p) for p in PROJECTIONS)
+
+
 def insert_sql(p: Projection[Any], table: str | None = None) -> str:
     cols = ", ".join(p.columns)
     params = ", ".join(f"${i}::{t}" for i, t in enumerate(p.types, 1))
@@ -41,7 +83,7 @@ async def replace_rows(
 
 
 def rows_payload(streams: Mapping[str, Sequence[RecordedEvent]]) -> bytes:
-    """The inline rows of `streams` as slotlog_command's `p_rows` JSON:
+    """The inline rows of `streams` as ROWS_SQL's `$9` JSON:
     {table: {"streams": [...], "rows": [{column: value}]}}; jsonb columns embedded as JSON."""
     tables: dict[str, dict[str, list[Any]]] = {}
     for stream_id, events in streams.items():

@@ -23,7 +23,7 @@ from typing import Any, Final
 
 import asyncpg
 
-from projections.engine import rows_payload
+from projections.engine import ROWS_SQL, rows_payload
 from service import store
 from service.decider import Appends
 from service.errors import Conflict, IdempotencyKeyReused
@@ -182,7 +182,7 @@ class Commands:
         lock: bool,
     ) -> Done:
         # The common case needs no explicit transaction: the reads are plain statements, and the
-        # append with its read-model rows is one statement (slotlog_command), atomic by itself;
+        # append with its read-model rows is one statement (store.command), atomic by itself;
         # the expected versions make the reads' snapshot irrelevant. A locked retry needs its
         # advisory locks held from the reads to the commit, and an idempotent command writes its
         # stored answer beside its events: those run inside a transaction.
@@ -217,7 +217,7 @@ class Commands:
         # database fills them in), so events and rows go in one round trip.
         pending = {b.stream_id: _recorded(b, reader.versions[b.stream_id], meta) for b in batch}
         rows = rows_payload({s: reader.loaded.get(s, []) + new for s, new in pending.items()})
-        appended = await store.command(conn, batch, meta, rows)
+        appended = await store.command(conn, batch, meta, ROWS_SQL, rows)
         by_version = {(a.stream_id, a.version): a for a in appended}
         for stream_id, events in pending.items():
             done.new[stream_id] = [

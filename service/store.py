@@ -1,7 +1,7 @@
 """The PostgreSQL event store: the only code that writes the `events` table.
 
-`append` commits events to one or more streams atomically in one round trip (the server function
-`slotlog_append` in schema.sql) with an expected version per stream; `read_stream(s)` loads streams
+`append` commits events to one or more streams atomically in one round trip (one statement, see
+_APPEND_CTE) with an expected version per stream; `read_stream(s)` loads streams
 for deciding; `read_all` tails the log for subscribers without ever skipping an event.
 
 Why the transaction-id guard in `read_all`: `position` comes from a sequence drawn at insert time,
@@ -119,14 +119,51 @@ class Checkpoint:
 
 START: Final = Checkpoint(0, 0)
 
-_APPEND = (
-    "SELECT stream_id, version, event_position, recorded_at "
-    "FROM slotlog_append($1, $2, $3, $4, $5, $6, $7)"
+# The append, as one statement (no procedural loop: this is the hot path). Per stream, a
+# compare-and-set on its `streams` row: created for NO_STREAM/ANY (ANY adds to an existing one),
+# advanced for an exact version or STREAM_EXISTS. Events are inserted only when every stream
+# moved; otherwise slotlog_conflict() raises SL001 naming the stream, which aborts the whole
+# statement, so nothing is written. Row locks on `streams` serialise writers of one stream;
+# the caller sorts streams so that multi-stream appends lock in one order.
+_APPEND_CTE = """
+WITH input AS (
+    SELECT i.stream_id, i.expected, i.n
+      FROM unnest($2::text[], $3::bigint[], $4::bigint[]) AS i(stream_id, expected, n)
+), created AS (
+    INSERT INTO streams AS st (stream_id, version)
+    SELECT i.stream_id, i.n FROM input AS i WHERE i.expected IN (-2, -1, 0)
+    ORDER BY i.stream_id
+    ON CONFLICT ON CONSTRAINT streams_pkey DO UPDATE SET version = st.version + excluded.version
+        WHERE (SELECT i.expected FROM input AS i WHERE i.stream_id = excluded.stream_id) = -2
+    RETURNING st.stream_id, st.version
+), advanced AS (
+    UPDATE streams AS st SET version = st.version + i.n
+      FROM input AS i
+     WHERE st.stream_id = i.stream_id
+       AND (i.expected = -3 OR (i.expected > 0 AND st.version = i.expected))
+    RETURNING st.stream_id, st.version
+), moved AS (
+    SELECT stream_id, version FROM created UNION ALL SELECT stream_id, version FROM advanced
+), appended AS (
+    INSERT INTO events AS ev (stream_id, version, tenant_id, type, data, metadata)
+    SELECT e.sid, m.version - i.n + row_number() OVER (PARTITION BY e.sid ORDER BY e.ord),
+           $1, e.typ, e.dat, e.met
+      FROM unnest($5::text[], $6::text[], $7::jsonb[], $8::jsonb[])
+           WITH ORDINALITY AS e(sid, typ, dat, met, ord)
+      JOIN moved AS m ON m.stream_id = e.sid
+      JOIN input AS i ON i.stream_id = e.sid
+     WHERE (SELECT count(*) FROM moved) = (SELECT count(*) FROM input)
+     ORDER BY e.ord
+    RETURNING ev.stream_id, ev.version, ev.position, ev.recorded_at
 )
-_COMMAND = (
-    "SELECT stream_id, version, event_position, recorded_at "
-    "FROM slotlog_command($1, $2, $3, $4, $5, $6, $7, $8::jsonb)"
-)
+"""
+_APPEND_RESULT = """
+SELECT a.stream_id, a.version, a.position, a.recorded_at FROM appended AS a
+UNION ALL
+SELECT NULL, NULL, NULL, slotlog_conflict($2, $3, ARRAY(SELECT stream_id FROM moved))
+ WHERE (SELECT count(*) FROM moved) <> (SELECT count(*) FROM input)
+"""
+_APPEND = _APPEND_CTE + _APPEND_RESULT
 #: recorded_at of an event not yet appended (a fold made before the append knows no time).
 PENDING: Final = datetime(1, 1, 1, tzinfo=UTC)
 _COLUMNS = (
@@ -141,15 +178,101 @@ async def append(db: Executor, streams: Sequence[AppendStream], meta: EventMeta)
     Raises ConcurrencyError (naming the stream, the expected and the actual version) when any
     stream is not at its expected version. Returns one Appended per event, in order.
     """
+    if len(streams) == 1 and streams[0].expected not in (ANY, STREAM_EXISTS):
+        return await _append_one(db, streams[0], meta)
     return await _call(db, _APPEND, streams, meta)
 
 
+# The most common append, one stream at NO_STREAM or an exact version, as the smallest statement:
+# the compare-and-set on `streams` feeds the event insert, so a mismatch inserts nothing (and
+# changes nothing) and only then costs a second query, to name the actual version.
+_CREATE_ONE = """
+WITH moved AS (
+    INSERT INTO streams (stream_id, version) VALUES ($1, $2)
+    ON CONFLICT ON CONSTRAINT streams_pkey DO NOTHING RETURNING version
+)
+INSERT INTO events AS ev (stream_id, version, tenant_id, type, data, metadata)
+SELECT $1, e.ord, $3, e.typ, e.dat, e.met
+  FROM moved, unnest($4::text[], $5::jsonb[], $6::jsonb[]) WITH ORDINALITY AS e(typ, dat, met, ord)
+ ORDER BY e.ord
+RETURNING ev.stream_id, ev.version, ev.position, ev.recorded_at
+"""
+_ADVANCE_ONE = """
+WITH moved AS (
+    UPDATE streams SET version = version + $2 WHERE stream_id = $1 AND version = $3
+    RETURNING version
+)
+INSERT INTO events AS ev (stream_id, version, tenant_id, type, data, metadata)
+SELECT $1, $3 + e.ord, $4, e.typ, e.dat, e.met
+  FROM moved, unnest($5::text[], $6::jsonb[], $7::jsonb[]) WITH ORDINALITY AS e(typ, dat, met, ord)
+ ORDER BY e.ord
+RETURNING ev.stream_id, ev.version, ev.position, ev.recorded_at
+"""
+
+
+# One event: the same statements with scalar parameters (no arrays to encode and unnest).
+_CREATE_SINGLE = """
+WITH moved AS (
+    INSERT INTO streams (stream_id, version) VALUES ($1, 1)
+    ON CONFLICT ON CONSTRAINT streams_pkey DO NOTHING RETURNING version
+)
+INSERT INTO events AS ev (stream_id, version, tenant_id, type, data, metadata)
+SELECT $1, moved.version, $2, $3, $4, $5 FROM moved
+RETURNING ev.stream_id, ev.version, ev.position, ev.recorded_at
+"""
+_ADVANCE_SINGLE = """
+WITH moved AS (
+    UPDATE streams SET version = version + 1 WHERE stream_id = $1 AND version = $6
+    RETURNING version
+)
+INSERT INTO events AS ev (stream_id, version, tenant_id, type, data, metadata)
+SELECT $1, moved.version, $2, $3, $4, $5 FROM moved
+RETURNING ev.stream_id, ev.version, ev.position, ev.recorded_at
+"""
+
+
+async def _append_one(db: Executor, s: AppendStream, meta: EventMeta) -> list[Appended]:
+    if not s.events:
+        raise ValueError("an append needs at least one event")
+    n = len(s.events)
+    meta_json = _META_ENCODER.encode(meta).decode()
+    if n == 1:
+        event = s.events[0]
+        single = (s.stream_id, meta.tenant, type_name(event), encode(event), meta_json)
+        if s.expected > 0:
+            rows = await db.fetch(_ADVANCE_SINGLE, *single, s.expected)
+        else:
+            rows = await db.fetch(_CREATE_SINGLE, *single)
+    else:
+        args = (
+            meta.tenant,
+            [type_name(e) for e in s.events],
+            [encode(e) for e in s.events],
+            [meta_json] * n,
+        )
+        if s.expected > 0:
+            rows = await db.fetch(_ADVANCE_ONE, s.stream_id, n, s.expected, *args)
+        else:
+            rows = await db.fetch(_CREATE_ONE, s.stream_id, n, *args)
+    if not rows:
+        found = await db.fetch("SELECT version FROM streams WHERE stream_id = $1", s.stream_id)
+        raise ConcurrencyError(s.stream_id, s.expected, found[0]["version"] if found else 0)
+    return [Appended(r[0], r[1], r[2], r[3]) for r in rows]
+
+
 async def command(
-    db: Executor, streams: Sequence[AppendStream], meta: EventMeta, rows: bytes
+    db: Executor, streams: Sequence[AppendStream], meta: EventMeta, rows_sql: str, rows: bytes
 ) -> list[Appended]:
-    """`append`, and in the same statement replace the inline read-model rows given in `rows`
-    (projections/engine.py rows_payload): a whole command in one round trip."""
-    return await _call(db, _COMMAND, streams, meta, rows.decode())
+    """`append`, with more data-modifying CTEs (`rows_sql`, which may refer to the CTE
+    `appended` and to `$9`, given `rows`) in the same statement: the caller's read models are
+    written in the append's own transaction, in one round trip (projections/engine.py)."""
+    sql = _COMMANDS.get(rows_sql)
+    if sql is None:
+        sql = _COMMANDS[rows_sql] = _APPEND_CTE + rows_sql + _APPEND_RESULT
+    return await _call(db, sql, streams, meta, rows.decode())
+
+
+_COMMANDS: dict[str, str] = {}
 
 
 async def _call(
@@ -167,12 +290,14 @@ async def _call(
             event_streams.append(s.stream_id)
             types.append(type_name(e))
             data.append(encode(e))
+    counts = {s.stream_id: len(s.events) for s in ordered}
     try:
         rows = await db.fetch(
             sql,
             meta.tenant,
             [s.stream_id for s in ordered],
             [s.expected for s in ordered],
+            [counts[s.stream_id] for s in ordered],
             event_streams,
             types,
             data,

@@ -82,6 +82,34 @@ class TestExpectedVersionModes:
         assert await versions(pool, "s") == list(range(1, 21))
 
 
+class TestSeveralEventsToOneStream:
+    @pytest.mark.parametrize("expected", [NO_STREAM, 0, ANY])
+    async def test_a_new_stream_gets_consecutive_versions(
+        self, pool: asyncpg.Pool, expected: int
+    ) -> None:
+        out = await store.append(
+            pool, [AppendStream("s", expected, [cancelled(n) for n in range(3)])], META
+        )
+        assert [a.version for a in out] == [1, 2, 3]
+        assert [e.event for e in await store.read_stream(pool, "s")] == [
+            cancelled(n) for n in range(3)
+        ]
+
+    @pytest.mark.parametrize("expected", [1, STREAM_EXISTS, ANY])
+    async def test_an_existing_stream_continues_its_versions(
+        self, pool: asyncpg.Pool, expected: int
+    ) -> None:
+        await append_one(pool, "s", NO_STREAM)
+        out = await store.append(
+            pool, [AppendStream("s", expected, [cancelled(n) for n in range(3)])], META
+        )
+        assert [a.version for a in out] == [2, 3, 4]
+        with pytest.raises(ConcurrencyError) as err:
+            await store.append(pool, [AppendStream("s", 3, [cancelled(9), cancelled(8)])], META)
+        assert (err.value.expected, err.value.actual) == (3, 4)
+        assert await versions(pool, "s") == [1, 2, 3, 4]
+
+
 class TestMultiStreamAppend:
     async def test_appends_to_every_stream_in_one_transaction(self, pool: asyncpg.Pool) -> None:
         out = await store.append(
