@@ -7,6 +7,7 @@ result never depends on the order in which streams are written.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -47,17 +48,21 @@ def _rows_ctes(p: Projection[Any]) -> str:
 )"""
 
 
-#: CTEs that follow the append statement (service/store.py) to replace the inline read-model rows
-#: of the appended streams in the same statement: a whole command in one round trip. Rows are
-#: folded by the caller before the append; `position`, `updated_at` and a missing `created_at`
-#: come from the append's own result. Stale rows of those streams are deleted, the rest upserted
-#: (never both on one row, which one statement may not do).
-ROWS_SQL = """
+@functools.cache
+def rows_sql(tables: frozenset[str]) -> str:
+    """CTEs that follow the append statement (service/store.py) to replace the inline read-model
+    rows of the appended streams in the same statement: a whole command in one round trip. Rows
+    are folded by the caller before the append; `position`, `updated_at` and a missing
+    `created_at` come from the append's own result. Stale rows of those streams are deleted, the
+    rest upserted (never both on one row, which one statement may not do). Only the `tables`
+    the command touches get CTEs."""
+    changed = """
 , changed AS (
     SELECT stream_id, max(position) AS last_pos, min(recorded_at) AS first_at,
            max(recorded_at) AS last_at
       FROM appended GROUP BY stream_id
-)""" + "".join(_rows_ctes(p) for p in PROJECTIONS)
+)"""
+    return changed + "".join(_rows_ctes(p) for p in PROJECTIONS if p.table in tables)
 
 
 def insert_sql(p: Projection[Any], table: str | None = None) -> str:
@@ -82,9 +87,9 @@ async def replace_rows(
         await conn.executemany(insert_sql(p, table), rows)
 
 
-def rows_payload(streams: Mapping[str, Sequence[RecordedEvent]]) -> bytes:
-    """The inline rows of `streams` as ROWS_SQL's `$9` JSON:
-    {table: {"streams": [...], "rows": [{column: value}]}}; jsonb columns embedded as JSON."""
+def rows_payload(streams: Mapping[str, Sequence[RecordedEvent]]) -> tuple[str, bytes]:
+    """The inline rows of `streams`: the CTEs to write them (rows_sql) and their `$9` JSON,
+    {table: {"streams": [...], "rows": [{column: value}]}}, jsonb columns embedded as JSON."""
     tables: dict[str, dict[str, list[Any]]] = {}
     for stream_id, events in streams.items():
         p = projection_for(stream_id)
@@ -100,7 +105,7 @@ def rows_payload(streams: Mapping[str, Sequence[RecordedEvent]]) -> bytes:
                     for c, v, j in zip(p.columns, row, jsonb, strict=True)
                 }
             )
-    return _PAYLOAD.encode(tables)
+    return rows_sql(frozenset(tables)), _PAYLOAD.encode(tables)
 
 
 async def write_streams(

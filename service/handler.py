@@ -23,7 +23,7 @@ from typing import Any, Final
 
 import asyncpg
 
-from projections.engine import ROWS_SQL, rows_payload
+from projections.engine import rows_payload
 from service import store
 from service.decider import Appends
 from service.errors import Conflict, IdempotencyKeyReused
@@ -216,8 +216,10 @@ class Commands:
         # Fold the read models before appending (positions and times still unknown: the
         # database fills them in), so events and rows go in one round trip.
         pending = {b.stream_id: _recorded(b, reader.versions[b.stream_id], meta) for b in batch}
-        rows = rows_payload({s: reader.loaded.get(s, []) + new for s, new in pending.items()})
-        appended = await store.command(conn, batch, meta, ROWS_SQL, rows)
+        rows_sql, rows = rows_payload(
+            {s: reader.loaded.get(s, []) + new for s, new in pending.items()}
+        )
+        appended = await store.command(conn, batch, meta, rows_sql, rows)
         by_version = {(a.stream_id, a.version): a for a in appended}
         for stream_id, events in pending.items():
             done.new[stream_id] = [
