@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import subprocess
 import sys
 import time
 import traceback
@@ -103,6 +104,7 @@ async def run(args: argparse.Namespace, console: Console) -> tuple[Report, bool]
         seconds=round(time.perf_counter() - wall, 1),
         quick=args.quick,
         client=args.client,
+        code=code_version(),
         machine=machine,
         postgres=postgres,
         sections=sections,
@@ -113,6 +115,24 @@ async def run(args: argparse.Namespace, console: Console) -> tuple[Report, bool]
         ],
     )
     return report, not failed
+
+
+def code_version() -> str:
+    """The commit measured, and whether tracked files differed from it (servers run the tree)."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.split("\n")
+    except OSError:
+        return "unknown"
+    changed = [line[3:] for line in dirty if line.strip()]
+    return head + (f" + uncommitted changes to {', '.join(changed)}" if changed else "")
 
 
 def _baseline(name: str) -> Scenario:

@@ -41,6 +41,7 @@ class Report(msgspec.Struct, kw_only=True):
     seconds: float
     quick: bool
     client: str
+    code: str
     machine: Machine
     postgres: Postgres
     sections: list[Section]
@@ -108,6 +109,7 @@ def header(report: Report) -> str:
         f"machine: {m.cpus} CPUs, {m.memory_gib} GiB, load average {m.load_average} at start, "
         f"Python {m.python}, {m.platform}\n"
         f"PostgreSQL {pg.version} ({pg.source}), database {pg.database}: {settings}\n"
+        f"code: {report.code}\n"
         f"load generator: separate process, client '{report.client}'"
         + (" (--quick: small counts, a smoke test, not a measurement)" if report.quick else "")
         + f"\nThe load generator, the server processes and PostgreSQL share these {m.cpus} "
