@@ -34,9 +34,12 @@ def _rows_ctes(p: Projection[Any]) -> str:
     cols = ", ".join(p.columns)
     values = ", ".join(_patched(c) for c in p.columns)
     updates = ", ".join(f"{c} = excluded.{c}" for c in p.columns if c not in p.key)
+    # Column types spelled out (not NULL::{t}): a cached statement must not depend on the
+    # table's row type, which replay's swap replaces.
+    shape = ", ".join(f"{c} {ty}" for c, ty in zip(p.columns, p.types, strict=True))
     return f"""
 , rows_{t} AS (
-    SELECT * FROM jsonb_populate_recordset(NULL::{t}, $9::jsonb -> '{t}' -> 'rows')
+    SELECT * FROM jsonb_to_recordset($9::jsonb -> '{t}' -> 'rows') AS x({shape})
 ), stale_{t} AS (
     DELETE FROM {t}
      WHERE stream_id IN (SELECT jsonb_array_elements_text($9::jsonb -> '{t}' -> 'streams'))
