@@ -2,10 +2,11 @@
 idempotency record written in the append's own transaction.
 
 Concurrency: the first attempt is optimistic (read without locks, append with the expected
-versions read). A loser (ConcurrencyError) re-decides on fresh state, but now inside a transaction
-that first takes transaction-level advisory locks on the streams it decides on, in sorted order:
-contenders for one hot stream (the seats of a popular class) then queue instead of retrying in a
-storm, and a loser of a taken slot gets its 409 at once from the fresh state. Advisory locks are
+versions read). A loser (ConcurrencyError) first re-decides on fresh state without locks: a
+refusal (the slot is taken now) is answered at once. Only when the fresh decision would write
+does it retry inside a transaction that first takes transaction-level advisory locks on the
+streams it decides on, in sorted order: contenders for one hot stream (the seats of a popular
+class) then queue instead of retrying in a storm. Advisory locks are
 only a queue; correctness still rests on the expected versions checked by the append.
 
 Idempotency: the answer to a command sent with an Idempotency-Key is stored in the same
@@ -150,6 +151,11 @@ class Commands:
         for attempt in range(MAX_ATTEMPTS):
             try:
                 async with self.pool.acquire() as conn:
+                    if attempt > 0:
+                        # A refusal needs no lock: decide once on fresh state without writing,
+                        # so the losers of a taken slot answer 409 at once, in parallel, and
+                        # only a retry that will write queues on the streams' locks.
+                        await decide(Reader(conn, lock=False))
                     return await self._attempt(conn, meta, decide, idem, render, lock=attempt > 0)
             except (ConcurrencyError, asyncpg.DeadlockDetectedError):
                 self.conflicts += 1
