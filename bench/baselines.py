@@ -71,6 +71,7 @@ class EndpointBaseline(msgspec.Struct, kw_only=True):
     cpu: dict[str, float]  # cores used while measured
     cpu_ms: dict[str, float]  # CPU milliseconds per request
     cpu_text: str  # cores used and waited for, per process tree
+    wal: str  # WAL written per request (includes the warm-up's share)
     generator_cpu: float
     ceilings: dict[str, float]  # GET /healthz req/s per load-generator client
 
@@ -165,10 +166,17 @@ async def _ceilings(bench: Bench, base_url: str) -> dict[str, float]:
     return out
 
 
-async def endpoint_run(bench: Bench, n: int) -> tuple[LoadResult, CpuMeter]:
-    """One measured run of n INSERT requests (after n/10 warm-up) on a fresh bare app."""
+def wal_per(before: int, after: int, n: int) -> str:
+    """'1,234 bytes': WAL written per request."""
+    return f"{(after - before) / n:,.0f} bytes" if n else "unknown"
+
+
+async def endpoint_run(bench: Bench, n: int) -> tuple[LoadResult, CpuMeter, str]:
+    """One measured run of n INSERT requests (after n/10 warm-up) on a fresh bare app: the
+    answers, the CPU meter, and the WAL written per request."""
     with processes.bare_app(bench.url) as server:
         cpu = bench.cpu_meter(server.pid)
+        wal0 = await bench.wal()
         r = await bench.drive(
             server.base_url,
             _insert_requests(n + n // 10),
@@ -176,7 +184,8 @@ async def endpoint_run(bench: Bench, n: int) -> tuple[LoadResult, CpuMeter]:
             warmup=n // 10,
             cpu=cpu,
         )
-    return r, cpu
+        wal = wal_per(wal0, await bench.wal(), n + n // 10)  # warm-up included
+    return r, cpu, wal
 
 
 async def endpoint_baseline(bench: Bench) -> EndpointBaseline:
@@ -195,7 +204,7 @@ async def endpoint_baseline(bench: Bench) -> EndpointBaseline:
                 _insert_requests(bench.scale.availability_requests),
                 concurrency=1,
             )
-        r, cpu = await endpoint_run(bench, n)
+        r, cpu, wal = await endpoint_run(bench, n)
         return EndpointBaseline(
             throughput=r.count(201) / r.elapsed,
             latency=latency([o.seconds for o in r.outcomes]),
@@ -204,6 +213,7 @@ async def endpoint_baseline(bench: Bench) -> EndpointBaseline:
             cpu=cpu.shares(),
             cpu_ms=cpu.per(len(r.outcomes)),
             cpu_text=cpu.describe(),
+            wal=wal,
             generator_cpu=round(r.cpu_seconds / r.elapsed, 2),
             ceilings=ceilings,
         )
@@ -227,7 +237,7 @@ def endpoint_section(b: EndpointBaseline) -> Section:
         notes=[
             f"(b) CPU while measured, in cores: {b.cpu_text}, load generator "
             f"{b.generator_cpu:.2f}; "
-            f"CPU per request: {per}",
+            f"CPU per request: {per}; WAL per request: {b.wal}",
             "load-generator ceiling on the bare app's GET /healthz, 64 conns: "
             + ", ".join(f"{k} {v:,.0f} req/s" for k, v in b.ceilings.items()),
         ],

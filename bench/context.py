@@ -127,6 +127,17 @@ class Bench:
     async def connect(self) -> asyncpg.Connection:
         return await asyncpg.connect(self.url)
 
+    async def wal(self) -> int:
+        """The server's current WAL position in bytes: the difference of two readings is the WAL
+        written in between by everything on the server (exact, unlike pg_stat_wal, which
+        backends flush lazily)."""
+        conn = await self.connect()
+        try:
+            lsn = await conn.fetchval("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
+        finally:
+            await conn.close()
+        return int(lsn)
+
     async def analyze(self) -> None:
         """Refresh the planner's statistics (as an operator would after a bulk load), so that a
         scenario's plans do not depend on when autovacuum last analysed the tables."""

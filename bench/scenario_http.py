@@ -18,7 +18,7 @@ from datetime import timedelta
 import msgspec
 
 from bench import processes
-from bench.baselines import CONNECTIONS, endpoint_baseline, endpoint_run
+from bench.baselines import CONNECTIONS, endpoint_baseline, endpoint_run, wal_per
 from bench.catalogue import (
     CUSTOMER,
     SLOTS_PER_DAY,
@@ -76,9 +76,10 @@ async def holds(bench: Bench) -> Section:
         "each run right after a bare-endpoint run"
     )
     pairs: list[tuple[LoadResult, CpuMeter, LoadResult, CpuMeter]] = []
+    wal: dict[int, tuple[str, str]] = {}  # id(holds run) -> WAL per hold, per bare request
     settled = 0.0
     for i in range(PAIRS):
-        bare, bare_cpu = await endpoint_run(bench, n)
+        bare, bare_cpu, bare_wal = await endpoint_run(bench, n)
         with processes.slotlog(bench.url, workers=1, secret=SECRET, public=PUBLIC) as server:
             if i == 0:
                 await put_all(
@@ -88,6 +89,7 @@ async def holds(bench: Bench) -> Section:
                 )
             settled += await settle(server.base_url)
             cpu = bench.cpu_meter(server.pid)
+            wal0 = await bench.wal()
             r = await bench.drive(
                 server.base_url,
                 requests[i * (warmup + n) : (i + 1) * (warmup + n)],
@@ -95,6 +97,7 @@ async def holds(bench: Bench) -> Section:
                 warmup=warmup,
                 cpu=cpu,
             )
+            wal[id(r)] = (wal_per(wal0, await bench.wal(), warmup + n), bare_wal)
         pairs.append((r, cpu, bare, bare_cpu))
 
     def rate(x: LoadResult) -> float:
@@ -157,6 +160,8 @@ async def holds(bench: Bench) -> Section:
             f"{r.cpu_seconds / r.elapsed:.2f}; CPU per hold: {per} (bare endpoint per request: "
             f"{bare_per}); answers {statuses(r)}; waited {settled:.1f} s for the server's "
             "consumers to catch up with the log before measuring",
+            f"2: WAL per hold (median pair, with the server's background work): "
+            f"{wal[id(r)][0]}; per bare-endpoint request: {wal[id(r)][1]}",
         ],
         details={
             "statuses": statuses(r),
