@@ -356,9 +356,15 @@ def selected_resources(service: ServiceUpserted, requested: list[str] | None) ->
     return sorted(set(requested))
 
 
-def ledger_span(start: datetime, end: datetime) -> tuple[datetime, datetime]:
-    """Load a day either side: round robin counts bookings on the resource's local date."""
-    return start - timedelta(days=1), end + timedelta(days=1)
+def ledger_span(
+    start: datetime, end: datetime, service: ServiceUpserted, candidates: list[str]
+) -> tuple[datetime, datetime]:
+    """The time whose ledgers a decision on [start, end) (blocked time) must read: exactly that,
+    and a day either side when round robin has a choice to make (it counts bookings on the
+    resource's local date, which may reach into the neighbouring UTC days)."""
+    if service.assignment == "any" and len(candidates) > 1:
+        return start - timedelta(days=1), end + timedelta(days=1)
+    return start, end
 
 
 def ledger_streams(

@@ -101,7 +101,7 @@ def _ledgers_for(cmd: HoldSlot, service: ServiceUpserted) -> tuple[list[str], li
     duration = duration_for(service, cmd.duration_minutes)
     lo, hi = blocked(cmd.start, cmd.start + timedelta(minutes=duration), policy_of(service))
     return (
-        ledger_streams(cmd.tenant, candidates, *ledger_span(lo, hi)),
+        ledger_streams(cmd.tenant, candidates, *ledger_span(lo, hi, service, candidates)),
         [streams.resource(cmd.tenant, x) for x in candidates],
     )
 
@@ -185,7 +185,7 @@ def booking_decision(cmd: BookingCommand, expected: int | None = None) -> Decide
                 else int((booking.end - booking.start).total_seconds() // 60),
             )
             lo, hi = blocked(cmd.start, cmd.start + timedelta(minutes=duration), booking.policy)
-            claims += ledger_streams(tenant, pool_ids, *ledger_span(lo, hi))
+            claims += ledger_streams(tenant, pool_ids, *ledger_span(lo, hi, service, pool_ids))
             loaded, newest = await r.read(claims, [streams.resource(tenant, x) for x in pool_ids])
             catalogue = catalogue_of(newest)
         else:
