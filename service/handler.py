@@ -43,6 +43,8 @@ class Reader:
         self.lock = lock
         self.loaded: Loaded = {}
         self.versions: dict[str, int] = {}
+        #: Per-stream metadata, when one decision carries several requests (service/batching.py).
+        self.metas: dict[str, EventMeta] = {}
 
     async def read(
         self, full: Sequence[str], latest: Sequence[str] = ()
@@ -215,13 +217,15 @@ class Commands:
         missing = [s for s in appends if s not in reader.versions]
         assert not missing, f"decision appends to streams it did not read: {missing}"
         batch = [
-            AppendStream(s, reader.versions[s] or store.NO_STREAM, events)
+            AppendStream(s, reader.versions[s] or store.NO_STREAM, events, reader.metas.get(s))
             for s, events in appends.items()
             if events
         ]
         # Fold the read models before appending (positions and times still unknown: the
         # database fills them in), so events and rows go in one round trip.
-        pending = {b.stream_id: _recorded(b, reader.versions[b.stream_id], meta) for b in batch}
+        pending = {
+            b.stream_id: _recorded(b, reader.versions[b.stream_id], b.meta or meta) for b in batch
+        }
         rows_sql, rows = rows_payload(
             {s: reader.loaded.get(s, []) + new for s, new in pending.items()}
         )

@@ -68,6 +68,8 @@ class AppendStream:
     stream_id: str
     expected: int
     events: Sequence[Event]
+    #: Metadata for this stream's events when it differs from the append's (a batched command).
+    meta: EventMeta | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +237,7 @@ async def _append_one(db: Executor, s: AppendStream, meta: EventMeta) -> list[Ap
     if not s.events:
         raise ValueError("an append needs at least one event")
     n = len(s.events)
-    meta_json = _META_ENCODER.encode(meta).decode()
+    meta_json = _META_ENCODER.encode(s.meta or meta).decode()
     if n == 1:
         event = s.events[0]
         single = (s.stream_id, meta.tenant, type_name(event), encode(event), meta_json)
@@ -285,11 +287,14 @@ async def _call(
     event_streams: list[str] = []
     types: list[str] = []
     data: list[str] = []
+    metas: list[str] = []
     for s in streams:
+        own = _META_ENCODER.encode(s.meta).decode() if s.meta is not None else meta_json
         for e in s.events:
             event_streams.append(s.stream_id)
             types.append(type_name(e))
             data.append(encode(e))
+            metas.append(own)
     counts = {s.stream_id: len(s.events) for s in ordered}
     try:
         rows = await db.fetch(
@@ -301,7 +306,7 @@ async def _call(
             event_streams,
             types,
             data,
-            [meta_json] * len(data),
+            metas,
             *extra,
         )
     except asyncpg.PostgresError as exc:

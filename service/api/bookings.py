@@ -18,9 +18,11 @@ from service.api.common import (
     decode_cursor,
     encode_cursor,
     encode_json,
+    idempotency,
     if_match,
     json_body,
     json_response,
+    meta,
     new_id,
     now,
     parse_instant,
@@ -32,6 +34,7 @@ from service.api.common import (
     wait_for_position,
 )
 from service.api.schemas import BookingPage, BookingView, HistoryEntry, HistoryView
+from service.batching import SeatBatcher
 from service.catalogue import ID_PATTERN, check_metadata
 from service.commands import (
     AddSeats,
@@ -202,7 +205,13 @@ async def post_seats(request: Request) -> Response:
     )
     own = streams.booking(tenant, cmd.booking_id)
     decide = seats_decision(cmd)
-    return await run_command(request, principal, decide, created(own, at))
+    if idempotency(request) is not None:
+        return await run_command(request, principal, decide, created(own, at))
+    # Without an Idempotency-Key, seat bookings of one session share commits (group commit).
+    batcher: SeatBatcher = request.app.state.seat_batcher
+    done = await batcher.submit(cmd, meta(request, principal))
+    status, body = created(own, at)(done)
+    return Response(body, status, media_type="application/json")
 
 
 # ── lifecycle commands ───────────────────────────────────────────────────────
