@@ -101,6 +101,6 @@ async def run(bench: Bench) -> Section:
             "run, the median pair shown; pairs (events/s, rows/s): "
             + ", ".join(f"({a:,.0f}, {b:,.0f})" for a, b in pairs),
             "1: each append also writes its `streams` row (the version check) in the same "
-            "round trip, through slotlog_append()",
+            "round trip (service.store.append)",
         ],
     )
