@@ -36,14 +36,16 @@ def _rows_ctes(p: Projection[Any]) -> str:
     updates = ", ".join(f"{c} = excluded.{c}" for c in p.columns if c not in p.key)
     # Column types spelled out (not NULL::{t}): a cached statement must not depend on the
     # table's row type, which replay's swap replaces.
-    shape = ", ".join(f"{c} {ty}" for c, ty in zip(p.columns, p.types, strict=True))
+    types = dict(zip(p.columns, p.types, strict=True))
+    shape = ", ".join(f"{c} {ty}" for c, ty in types.items())
+    key_shape = ", ".join(f"{c} {types[c]}" for c in p.key)
+    same_key = " AND ".join(f"{t}.{c} = g.{c}" for c in p.key)
     return f"""
 , rows_{t} AS (
     SELECT * FROM jsonb_to_recordset($9::jsonb -> '{t}' -> 'rows') AS x({shape})
-), stale_{t} AS (
-    DELETE FROM {t}
-     WHERE stream_id IN (SELECT jsonb_array_elements_text($9::jsonb -> '{t}' -> 'streams'))
-       AND ({keys}) NOT IN (SELECT {keys} FROM rows_{t})
+), gone_{t} AS (
+    DELETE FROM {t} USING jsonb_to_recordset($9::jsonb -> '{t}' -> 'gone') AS g({key_shape})
+     WHERE {same_key}
 ), upsert_{t} AS (
     INSERT INTO {t} ({cols})
     SELECT {values} FROM rows_{t} AS r LEFT JOIN changed AS a ON a.stream_id = r.stream_id
@@ -56,9 +58,9 @@ def rows_sql(tables: frozenset[str]) -> str:
     """CTEs that follow the append statement (service/store.py) to replace the inline read-model
     rows of the appended streams in the same statement: a whole command in one round trip. Rows
     are folded by the caller before the append; `position`, `updated_at` and a missing
-    `created_at` come from the append's own result. Stale rows of those streams are deleted, the
-    rest upserted (never both on one row, which one statement may not do). Only the `tables`
-    the command touches get CTEs."""
+    `created_at` come from the append's own result. Only rows that changed are written: rows
+    that are gone are deleted, new and changed ones upserted (never both on one row, which one
+    statement may not do). Only the `tables` the command touches get CTEs."""
     changed = """
 , changed AS (
     SELECT stream_id, max(position) AS last_pos, min(recorded_at) AS first_at,
@@ -90,24 +92,36 @@ async def replace_rows(
         await conn.executemany(insert_sql(p, table), rows)
 
 
-def rows_payload(streams: Mapping[str, Sequence[RecordedEvent]]) -> tuple[str, bytes]:
-    """The inline rows of `streams`: the CTEs to write them (rows_sql) and their `$9` JSON,
-    {table: {"streams": [...], "rows": [{column: value}]}}, jsonb columns embedded as JSON."""
+def rows_payload(
+    loaded: Mapping[str, Sequence[RecordedEvent]], new: Mapping[str, Sequence[RecordedEvent]]
+) -> tuple[str, bytes]:
+    """What the events `new` change in the inline read models, given each stream's events as
+    `loaded` before them (whose fold is what the tables hold now, inline models being written
+    with every append): the CTEs to write it (rows_sql) and their `$9` JSON,
+    {table: {"rows": [{column: value}], "gone": [{key column: value}]}}. Unchanged rows (the
+    other claims of a busy day) are not sent, so a command's cost does not grow with them."""
     tables: dict[str, dict[str, list[Any]]] = {}
-    for stream_id, events in streams.items():
+    for stream_id, events in new.items():
         p = projection_for(stream_id)
         if p is None:
             continue
-        entry = tables.setdefault(p.table, {"streams": [], "rows": []})
-        entry["streams"].append(stream_id)
+        before_events = loaded.get(stream_id, [])
+        key_at = [p.columns.index(k) for k in p.key]
+        before = {tuple(r[i] for i in key_at): r for r in p.fold(stream_id, before_events)}
+        after = p.fold(stream_id, [*before_events, *events])
+        entry = tables.setdefault(p.table, {"rows": [], "gone": []})
         jsonb = [t == "jsonb" for t in p.types]
-        for row in p.fold(stream_id, events):
+        for row in after:
+            key = tuple(row[i] for i in key_at)
+            if before.pop(key, None) == row:
+                continue
             entry["rows"].append(
                 {
                     c: msgspec.Raw(v) if j and isinstance(v, str) else v
                     for c, v, j in zip(p.columns, row, jsonb, strict=True)
                 }
             )
+        entry["gone"].extend(dict(zip(p.key, key, strict=True)) for key in before)
     return rows_sql(frozenset(tables)), _PAYLOAD.encode(tables)
 
 

@@ -226,9 +226,7 @@ class Commands:
         pending = {
             b.stream_id: _recorded(b, reader.versions[b.stream_id], b.meta or meta) for b in batch
         }
-        rows_sql, rows = rows_payload(
-            {s: reader.loaded.get(s, []) + new for s, new in pending.items()}
-        )
+        rows_sql, rows = rows_payload(reader.loaded, pending)
         appended = await store.command(conn, batch, meta, rows_sql, rows)
         by_version = {(a.stream_id, a.version): a for a in appended}
         for stream_id, events in pending.items():
