@@ -6,8 +6,8 @@ versions read). A loser (ConcurrencyError) first re-decides on fresh state witho
 refusal (the slot is taken now) is answered at once. Only when the fresh decision would write
 does it retry inside a transaction that first takes transaction-level advisory locks on the
 streams it decides on, in sorted order: contenders for one hot stream (the seats of a popular
-class) then queue instead of retrying in a storm. Advisory locks are
-only a queue; correctness still rests on the expected versions checked by the append.
+class) then queue instead of retrying in a storm. Advisory locks are only a queue; correctness
+still rests on the expected versions checked by the append.
 
 Idempotency: the answer to a command sent with an Idempotency-Key is stored in the same
 transaction as its events. A retry finds it and gets it back; a concurrent duplicate collides on
