@@ -222,6 +222,17 @@ INSERT INTO events AS ev (stream_id, version, tenant_id, type, data, metadata)
 SELECT $1, moved.version, $2, $3, $4, $5 FROM moved
 RETURNING ev.stream_id, ev.version, ev.position, ev.recorded_at
 """
+# Creating a stream outside a transaction: a plain INSERT (cheaper than ON CONFLICT's
+# speculative insertion); the rare duplicate fails with a unique violation, which aborts nothing
+# but this statement, and is reported as the ConcurrencyError it is.
+_CREATE_SINGLE_PLAIN = """
+WITH moved AS (
+    INSERT INTO streams (stream_id, version) VALUES ($1, 1) RETURNING version
+)
+INSERT INTO events AS ev (stream_id, version, tenant_id, type, data, metadata)
+SELECT $1, moved.version, $2, $3, $4, $5 FROM moved
+RETURNING ev.stream_id, ev.version, ev.position, ev.recorded_at
+"""
 _ADVANCE_SINGLE = """
 WITH moved AS (
     UPDATE streams SET version = version + 1 WHERE stream_id = $1 AND version = $6
@@ -241,10 +252,16 @@ async def _append_one(db: Executor, s: AppendStream, meta: EventMeta) -> list[Ap
     if n == 1:
         event = s.events[0]
         single = (s.stream_id, meta.tenant, type_name(event), encode(event), meta_json)
+        in_transaction = getattr(db, "is_in_transaction", lambda: False)()
         if s.expected > 0:
             rows = await db.fetch(_ADVANCE_SINGLE, *single, s.expected)
-        else:
+        elif in_transaction:
             rows = await db.fetch(_CREATE_SINGLE, *single)
+        else:
+            try:
+                rows = await db.fetch(_CREATE_SINGLE_PLAIN, *single)
+            except asyncpg.UniqueViolationError:
+                rows = []
     else:
         args = (
             meta.tenant,
