@@ -9,6 +9,7 @@ a replay from position 0 rebuilds tables identical to the live ones. No I/O here
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -39,7 +40,7 @@ def json_text(value: Any) -> str:
     return _JSON.encode(value).decode()
 
 
-class Projection(Generic[S]):
+class Projection(ABC, Generic[S]):
     """One read-model table, fed by one kind of stream."""
 
     name: str
@@ -50,14 +51,17 @@ class Projection(Generic[S]):
     #: SQL types of the columns, for COPY-free bulk writes through unnest.
     types: tuple[str, ...]
 
+    @abstractmethod
     def initial(self, stream_id: str) -> S:
-        raise NotImplementedError  # pragma: no cover - every projection overrides it
+        """The state of a stream with no events yet."""
 
+    @abstractmethod
     def evolve(self, state: S, rec: RecordedEvent) -> S:
-        raise NotImplementedError  # pragma: no cover
+        """Apply one event of the stream (never raises: the event happened)."""
 
+    @abstractmethod
     def rows(self, stream_id: str, state: S) -> list[Row]:
-        raise NotImplementedError  # pragma: no cover
+        """The table rows the folded stream contributes."""
 
     def fold(self, stream_id: str, events: Sequence[RecordedEvent]) -> list[Row]:
         state = self.initial(stream_id)
@@ -74,72 +78,56 @@ class Latest(Generic[S]):
     recorded_at: datetime | None = None
 
 
-class ResourcesProjection(Projection[Latest[ResourceUpserted]]):
+class LatestProjection(Projection[Latest[Any]]):
+    """A catalogue table: each stream's last upsert event is the whole state of one row."""
+
+    event_type: type[ResourceUpserted] | type[ServiceUpserted]
+    id_field: str
+    types = ("text", "text", "text", "jsonb", "bigint", "bigint", "timestamptz")
+
+    def initial(self, stream_id: str) -> Latest[Any]:
+        return Latest()
+
+    def evolve(self, state: Latest[Any], rec: RecordedEvent) -> Latest[Any]:
+        if isinstance(rec.event, self.event_type):
+            return Latest(rec.event, rec.version, rec.position, rec.recorded_at)
+        return state
+
+    def rows(self, stream_id: str, state: Latest[Any]) -> list[Row]:
+        e = state.event
+        if e is None:
+            return []
+        return [
+            (
+                tenant_of(stream_id),
+                getattr(e, self.id_field),
+                stream_id,
+                json_text(e),
+                state.version,
+                state.position or None,
+                known(state.recorded_at),
+            )
+        ]
+
+
+class ResourcesProjection(LatestProjection):
     name = "resources"
     table = "rm_resources"
     stream_kind = "res"
+    event_type = ResourceUpserted
+    id_field = "resource_id"
     columns = ("tenant_id", "resource_id", "stream_id", "body", "version", "position", "updated_at")
-    types = ("text", "text", "text", "jsonb", "bigint", "bigint", "timestamptz")
     key = ("tenant_id", "resource_id")
 
-    def initial(self, stream_id: str) -> Latest[ResourceUpserted]:
-        return Latest()
 
-    def evolve(
-        self, state: Latest[ResourceUpserted], rec: RecordedEvent
-    ) -> Latest[ResourceUpserted]:
-        if isinstance(rec.event, ResourceUpserted):
-            return Latest(rec.event, rec.version, rec.position, rec.recorded_at)
-        return state
-
-    def rows(self, stream_id: str, state: Latest[ResourceUpserted]) -> list[Row]:
-        e = state.event
-        if e is None:
-            return []
-        return [
-            (
-                tenant_of(stream_id),
-                e.resource_id,
-                stream_id,
-                json_text(e),
-                state.version,
-                state.position or None,
-                known(state.recorded_at),
-            )
-        ]
-
-
-class ServicesProjection(Projection[Latest[ServiceUpserted]]):
+class ServicesProjection(LatestProjection):
     name = "services"
     table = "rm_services"
     stream_kind = "svc"
+    event_type = ServiceUpserted
+    id_field = "service_id"
     columns = ("tenant_id", "service_id", "stream_id", "body", "version", "position", "updated_at")
-    types = ("text", "text", "text", "jsonb", "bigint", "bigint", "timestamptz")
     key = ("tenant_id", "service_id")
-
-    def initial(self, stream_id: str) -> Latest[ServiceUpserted]:
-        return Latest()
-
-    def evolve(self, state: Latest[ServiceUpserted], rec: RecordedEvent) -> Latest[ServiceUpserted]:
-        if isinstance(rec.event, ServiceUpserted):
-            return Latest(rec.event, rec.version, rec.position, rec.recorded_at)
-        return state
-
-    def rows(self, stream_id: str, state: Latest[ServiceUpserted]) -> list[Row]:
-        e = state.event
-        if e is None:
-            return []
-        return [
-            (
-                tenant_of(stream_id),
-                e.service_id,
-                stream_id,
-                json_text(e),
-                state.version,
-                state.position or None,
-                known(state.recorded_at),
-            )
-        ]
 
 
 class BookingsProjection(Projection[Booking | None]):

@@ -14,9 +14,8 @@ from starlette.routing import Route
 
 from service import store, streams
 from service.api.common import (
+    TimeOrderedQuery,
     authenticate,
-    decode_cursor,
-    encode_cursor,
     encode_json,
     idempotency,
     if_match,
@@ -25,10 +24,7 @@ from service.api.common import (
     meta,
     new_id,
     now,
-    parse_instant,
-    parse_zone,
     pool,
-    query_int,
     query_str,
     run_command,
     wait_for_position,
@@ -339,53 +335,23 @@ async def list_bookings(request: Request) -> Response:
     principal = await authenticate(request)
     await wait_for_position(request)
     at = now()
-    zone = parse_zone(None)
-    limit = query_int(request, "limit", 50, lo=1, hi=200)
-    clauses = ["tenant_id = $1"]
-    args: list[Any] = [principal.tenant_id]
-
-    def arg(value: Any) -> str:
-        args.append(value)
-        return f"${len(args)}"
-
+    q = TimeOrderedQuery(request, principal.tenant_id, "booking_id")
     if (resource := query_str(request, "resource")) is not None:
-        clauses.append(f"{arg(resource)} = ANY(resources)")
+        q.add(f"{q.arg(resource)} = ANY(resources)")
     if (service := query_str(request, "service")) is not None:
-        clauses.append(f"service_id = {arg(service)}")
+        q.add(f"service_id = {q.arg(service)}")
     if (session := query_str(request, "session")) is not None:
-        clauses.append(f"session_id = {arg(session)}")
+        q.add(f"session_id = {q.arg(session)}")
     if (status := query_str(request, "status")) is not None:
         if status not in STATUSES:
             raise ValidationFailed([("status", f"must be one of {', '.join(STATUSES)}")])
         if status == "held":
-            clauses.append(f"status = 'held' AND expires_at > {arg(at)}")
+            q.add(f"status = 'held' AND expires_at > {q.arg(at)}")
         elif status == "expired":
-            clauses.append(f"(status = 'expired' OR (status = 'held' AND expires_at <= {arg(at)}))")
+            q.add(f"(status = 'expired' OR (status = 'held' AND expires_at <= {q.arg(at)}))")
         else:
-            clauses.append(f"status = {arg(status)}")
-    if (raw := query_str(request, "from")) is not None:
-        clauses.append(f"end_at > {arg(parse_instant(raw, 'from', zone))}")
-    if (raw := query_str(request, "to")) is not None:
-        clauses.append(f"start_at < {arg(parse_instant(raw, 'to', zone, end_of_day=True))}")
-    if (cursor := query_str(request, "cursor")) is not None:
-        start_s, bid = decode_cursor(cursor, 2)
-        try:
-            after = datetime.fromisoformat(start_s)
-        except ValueError:
-            raise ValidationFailed([("cursor", "invalid cursor")]) from None
-        clauses.append(f"(start_at, booking_id) > ({arg(after)}, {arg(bid)})")
-    where = " AND ".join(clauses)
-    rows = await pool(request).fetch(
-        f"SELECT start_at, booking_id, {BOOKING_COLUMNS} FROM rm_bookings WHERE {where} "
-        f"ORDER BY start_at, booking_id LIMIT {arg((limit or 50) + 1)}",
-        *args,
-    )
-    page = rows[: limit or 50]
-    next_cursor = (
-        encode_cursor(page[-1]["start_at"].isoformat(), page[-1]["booking_id"])
-        if len(rows) > len(page)
-        else None
-    )
+            q.add(f"status = {q.arg(status)}")
+    page, next_cursor = await q.page("rm_bookings", BOOKING_COLUMNS)
     data = [booking_view(booking_from_row(r), at) for r in page]
     return json_response(BookingPage(data=data, next_cursor=next_cursor))
 

@@ -34,6 +34,7 @@ T = TypeVar("T")
 MAX_BODY = 64 * 1024
 ENCODER = msgspec.json.Encoder()
 _DECODERS: dict[type[Any], msgspec.json.Decoder[Any]] = {}
+UTC_ZONE = ZoneInfo("UTC")
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -270,6 +271,51 @@ def decode_cursor(text: str, n: int) -> list[str]:
     if len(parts) != n:
         raise ValidationFailed([("cursor", "invalid cursor; pass back next_cursor unchanged")])
     return parts
+
+
+class TimeOrderedQuery:
+    """A tenant's rows of a read model listed by (start_at, id): the WHERE clause built from
+    query parameters (`from`, `to`, `cursor`, and what the caller adds), with numbered arguments,
+    and the page with its next cursor."""
+
+    def __init__(self, request: Request, tenant: str, id_column: str) -> None:
+        self.request = request
+        self.id_column = id_column
+        self.clauses = ["tenant_id = $1"]
+        self.args: list[Any] = [tenant]
+        self.limit = query_int(request, "limit", 50, lo=1, hi=200) or 50
+        if (raw := query_str(request, "from")) is not None:
+            self.add(f"end_at > {self.arg(parse_instant(raw, 'from', UTC_ZONE))}")
+        if (raw := query_str(request, "to")) is not None:
+            to = parse_instant(raw, "to", UTC_ZONE, end_of_day=True)
+            self.add(f"start_at < {self.arg(to)}")
+        if (cursor := query_str(request, "cursor")) is not None:
+            start_s, last_id = decode_cursor(cursor, 2)
+            try:
+                after = datetime.fromisoformat(start_s)
+            except ValueError:
+                raise ValidationFailed([("cursor", "invalid cursor")]) from None
+            self.add(f"(start_at, {id_column}) > ({self.arg(after)}, {self.arg(last_id)})")
+
+    def arg(self, value: Any) -> str:
+        self.args.append(value)
+        return f"${len(self.args)}"
+
+    def add(self, clause: str) -> None:
+        self.clauses.append(clause)
+
+    async def page(self, table: str, columns: str) -> tuple[list[Any], str | None]:
+        """The rows of this page (each with `start_at` and the id column) and the next cursor."""
+        rows = await pool(self.request).fetch(
+            f"SELECT start_at, {self.id_column}, {columns} FROM {table} "
+            f"WHERE {' AND '.join(self.clauses)} "
+            f"ORDER BY start_at, {self.id_column} LIMIT {self.arg(self.limit + 1)}",
+            *self.args,
+        )
+        page = rows[: self.limit]
+        last = page[-1] if len(rows) > len(page) else None
+        cursor = encode_cursor(last["start_at"].isoformat(), last[self.id_column]) if last else None
+        return page, cursor
 
 
 async def wait_for_position(request: Request) -> None:

@@ -23,18 +23,14 @@ from starlette.routing import Route
 from service import streams
 from service.api.bookings import BOOKING_COLUMNS, aware, booking_from_row, booking_view
 from service.api.common import (
+    TimeOrderedQuery,
     authenticate,
-    decode_cursor,
-    encode_cursor,
     encode_json,
     json_body,
     json_response,
     new_id,
     now,
-    parse_instant,
-    parse_zone,
     pool,
-    query_int,
     query_str,
     run_command,
     wait_for_position,
@@ -364,43 +360,15 @@ async def list_sessions(request: Request) -> Response:
     principal = await authenticate(request, public_ok=True)
     await wait_for_position(request)
     at = now()
-    zone = parse_zone(None)
-    limit = query_int(request, "limit", 50, lo=1, hi=200) or 50
-    clauses = ["tenant_id = $1"]
-    args: list[Any] = [principal.tenant_id]
-
-    def arg(value: Any) -> str:
-        args.append(value)
-        return f"${len(args)}"
-
+    q = TimeOrderedQuery(request, principal.tenant_id, "session_id")
     if (resource := query_str(request, "resource")) is not None:
-        clauses.append(f"resource_id = {arg(resource)}")
+        q.add(f"resource_id = {q.arg(resource)}")
     if (status := query_str(request, "status")) is not None:
         if status not in STATUSES:
             raise ValidationFailed([("status", f"must be one of {', '.join(STATUSES)}")])
-        clauses.append(f"status = {arg(status)}")
-    if (raw := query_str(request, "from")) is not None:
-        clauses.append(f"end_at > {arg(parse_instant(raw, 'from', zone))}")
-    if (raw := query_str(request, "to")) is not None:
-        clauses.append(f"start_at < {arg(parse_instant(raw, 'to', zone, end_of_day=True))}")
-    if (cursor := query_str(request, "cursor")) is not None:
-        start_s, sid = decode_cursor(cursor, 2)
-        try:
-            after = datetime.fromisoformat(start_s)
-        except ValueError:
-            raise ValidationFailed([("cursor", "invalid cursor")]) from None
-        clauses.append(f"(start_at, session_id) > ({arg(after)}, {arg(sid)})")
-    rows = await pool(request).fetch(
-        "SELECT session_id, start_at, status, body::text AS body, claims::text AS claims "
-        f"FROM rm_sessions WHERE {' AND '.join(clauses)} "
-        f"ORDER BY start_at, session_id LIMIT {arg(limit + 1)}",
-        *args,
-    )
-    page = rows[:limit]
-    next_cursor = (
-        encode_cursor(page[-1]["start_at"].isoformat(), page[-1]["session_id"])
-        if len(rows) > len(page)
-        else None
+        q.add(f"status = {q.arg(status)}")
+    page, next_cursor = await q.page(
+        "rm_sessions", "status, body::text AS body, claims::text AS claims"
     )
     data = [
         public_view(
