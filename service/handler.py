@@ -135,7 +135,7 @@ class Commands:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
         self.conflicts = 0  # version conflicts seen (for metrics)
-        self.retries = 0
+        self.retries = 0  # attempts made after a conflict
 
     async def run(
         self,
@@ -154,6 +154,7 @@ class Commands:
             try:
                 async with self.pool.acquire() as conn:
                     if attempt > 0:
+                        self.retries += 1
                         # A refusal needs no lock: decide once on fresh state without writing,
                         # so the losers of a taken slot answer 409 at once, in parallel, and
                         # only a retry that will write queues on the streams' locks.
@@ -161,7 +162,6 @@ class Commands:
                     return await self._attempt(conn, meta, decide, idem, render, lock=attempt > 0)
             except (ConcurrencyError, asyncpg.DeadlockDetectedError):
                 self.conflicts += 1
-                self.retries += 1
                 continue
             except asyncpg.UniqueViolationError as exc:
                 if idem is not None and exc.table_name == "idempotency_keys":
