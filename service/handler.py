@@ -26,8 +26,9 @@ import asyncpg
 
 from projections.engine import rows_payload
 from service import store
+from service.cache import StreamCache
 from service.decider import Appends
-from service.errors import Conflict, IdempotencyKeyReused
+from service.errors import ApiError, Conflict, IdempotencyKeyReused
 from service.events import EventMeta
 from service.store import AppendStream, ConcurrencyError, RecordedEvent
 
@@ -36,13 +37,32 @@ Loaded = dict[str, list[RecordedEvent]]
 
 
 class Reader:
-    """What a decision may read: streams to fold (and lock, on a retry) and catalogue entries."""
+    """What a decision may read: streams to fold (and lock, on a retry) and catalogue entries.
 
-    def __init__(self, conn: asyncpg.Connection, *, lock: bool) -> None:
+    With a `cache` (service/cache.py), what was read and written is remembered after the commit
+    (`remember`); with `recall` too, streams the cache knows are served from it and noted in
+    `checks` with the version remembered, for the append to verify."""
+
+    def __init__(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        lock: bool,
+        cache: StreamCache | None = None,
+        recall: bool = False,
+    ) -> None:
         self.conn = conn
         self.lock = lock
+        self.cache = cache
+        self.recall = recall and cache is not None and not lock
         self.loaded: Loaded = {}
         self.versions: dict[str, int] = {}
+        #: Streams whose every event is in `loaded` (read whole, or created by the decision).
+        self.whole: set[str] = set()
+        #: Newest events of catalogue streams read (`latest`), from the database or the cache.
+        self.newest: dict[str, RecordedEvent] = {}
+        #: Streams served from the cache, with the version the decision relies on.
+        self.checks: dict[str, int] = {}
         #: Per-stream metadata, when one decision carries several requests (service/batching.py).
         self.metas: dict[str, EventMeta] = {}
 
@@ -50,30 +70,80 @@ class Reader:
         self, full: Sequence[str], latest: Sequence[str] = ()
     ) -> tuple[Loaded, dict[str, RecordedEvent]]:
         wanted = [s for s in dict.fromkeys(full) if s not in self.loaded]
+        newest = [s for s in dict.fromkeys(latest) if s not in self.newest]
+        if self.recall and self.cache is not None:
+            wanted, newest = self._remembered(self.cache, wanted, newest)
         if self.lock and wanted:
             await self.conn.execute(
                 "SELECT pg_advisory_xact_lock(hashtextextended(s, 0)) "
                 "FROM unnest($1::text[]) AS s ORDER BY s",
                 sorted(wanted),
             )
-        got, newest = await store.read_for_decision(self.conn, wanted, latest)
-        self.loaded.update(got)
-        self.versions.update({s: len(events) for s, events in got.items()})
-        return {s: self.loaded[s] for s in full}, newest
+        if wanted or newest:
+            got, found = await store.read_for_decision(self.conn, wanted, newest)
+            self.loaded.update(got)
+            self.versions.update({s: len(events) for s, events in got.items()})
+            self.whole.update(got)
+            self.newest.update(found)
+        return (
+            {s: self.loaded[s] for s in full},
+            {s: self.newest[s] for s in latest if s in self.newest},
+        )
+
+    def _remembered(
+        self, cache: StreamCache, wanted: list[str], newest: list[str]
+    ) -> tuple[list[str], list[str]]:
+        """Serve what the cache knows; return the streams still to read."""
+        missing: list[str] = []
+        for s in wanted:
+            events = cache.full(s)
+            if events is None:
+                missing.append(s)
+                continue
+            self.loaded[s] = events
+            self.versions[s] = self.checks[s] = len(events)
+            self.whole.add(s)
+        missing_newest: list[str] = []
+        for s in newest:
+            rec = cache.latest(s)
+            if rec is None:
+                missing_newest.append(s)
+                continue
+            self.newest[s] = rec
+            self.checks[s] = rec.version
+        return missing, missing_newest
 
     async def read_latest(self, stream_id: str) -> RecordedEvent | None:
         """The newest event of a stream whose last event is its whole state (a catalogue entry);
-        the decision may append to it with that version expected."""
+        the decision may append to it with that version expected. Always read fresh."""
         _, newest = await store.read_for_decision(self.conn, (), [stream_id])
         rec = newest.get(stream_id)
         self.loaded[stream_id] = [rec] if rec else []
         self.versions[stream_id] = rec.version if rec else 0
+        if rec is None:
+            self.whole.add(stream_id)
         return rec
 
     def new_stream(self, stream_id: str) -> None:
         """Declare a stream the decision creates (appended with NO_STREAM)."""
-        self.loaded.setdefault(stream_id, [])
-        self.versions.setdefault(stream_id, 0)
+        if stream_id not in self.loaded:
+            self.loaded[stream_id] = []
+            self.versions[stream_id] = 0
+            self.whole.add(stream_id)
+
+    def remember(self, done: Done) -> None:
+        """After the commit: keep what this command read and wrote for the next one."""
+        cache = self.cache
+        if cache is None:
+            return
+        for s in self.whole:
+            cache.put_full(s, done.stream(s))
+        for s, rec in self.newest.items():
+            if s not in done.new:
+                cache.put_latest(s, rec)
+        for s, events in done.new.items():
+            if s not in self.whole and events:
+                cache.put_latest(s, events[-1])
 
 
 @dataclass(slots=True)
@@ -132,8 +202,9 @@ async def find_idempotent(db: Any, tenant: str, idem: Idempotency | None) -> Sto
 class Commands:
     """Runs decisions against the store with retries, projections and idempotency."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, cache: StreamCache | None = None) -> None:
         self.pool = pool
+        self.cache = cache if cache is not None else StreamCache()
         self.conflicts = 0  # version conflicts seen (for metrics)
         self.retries = 0  # attempts made after a conflict
 
@@ -144,13 +215,21 @@ class Commands:
         *,
         idem: Idempotency | None = None,
         render: Render | None = None,
+        recall: bool = False,
     ) -> Done | Stored:
         """Decide and commit. Returns the Done command, or the Stored first answer of an
-        idempotent retry. Raises the decider's ApiErrors (nothing is written then)."""
+        idempotent retry. Raises the decider's ApiErrors (nothing is written then).
+
+        `recall`: the first attempt may decide on what the cache remembers (service/cache.py).
+        Only a decision that writes is committed that way (its append verifies every stream it
+        used); a refusal or a no-op is decided again on fresh state, as is a stale attempt."""
         stored = await find_idempotent(self.pool, meta.tenant, idem)
         if stored is not None:
             return stored
-        for attempt in range(MAX_ATTEMPTS):
+        recall = recall and self.cache is not None
+        attempt = 0
+        while attempt < MAX_ATTEMPTS:
+            reader: Reader | None = None
             try:
                 async with self.pool.acquire() as conn:
                     if attempt > 0:
@@ -159,10 +238,30 @@ class Commands:
                         # so the losers of a taken slot answer 409 at once, in parallel, and
                         # only a retry that will write queues on the streams' locks.
                         await decide(Reader(conn, lock=False))
-                    return await self._attempt(conn, meta, decide, idem, render, lock=attempt > 0)
+                    reader = Reader(conn, lock=attempt > 0, cache=self.cache, recall=recall)
+                    done = await self._attempt(conn, reader, meta, decide, idem, render)
+                if reader.checks and not done.new:
+                    raise _Unverified
+                reader.remember(done)
+                return done
+            except (_Unverified, ApiError):
+                if reader is not None and reader.checks:
+                    # Decided on remembered state without writing: decide again on fresh state.
+                    self.cache.forget(reader.checks)
+                    recall = False
+                    continue
+                # A concurrent duplicate may have committed first: answer as it.
+                stored = await find_idempotent(self.pool, meta.tenant, idem)
+                if stored is not None:
+                    return stored
+                raise
             except (ConcurrencyError, asyncpg.DeadlockDetectedError):
                 self.conflicts += 1
-                continue
+                if reader is not None and reader.checks:
+                    self.cache.forget(reader.checks)  # stale, or lost a race: read afresh
+                    recall = False
+                else:
+                    attempt += 1
             except asyncpg.UniqueViolationError as exc:
                 if idem is not None and exc.table_name == "idempotency_keys":
                     stored = await find_idempotent(self.pool, meta.tenant, idem)
@@ -182,34 +281,31 @@ class Commands:
     async def _attempt(
         self,
         conn: asyncpg.Connection,
+        reader: Reader,
         meta: EventMeta,
         decide: Decide,
         idem: Idempotency | None,
         render: Render | None,
-        *,
-        lock: bool,
     ) -> Done:
         # The common case needs no explicit transaction: the reads are plain statements, and the
         # append with its read-model rows is one statement (store.command), atomic by itself;
         # the expected versions make the reads' snapshot irrelevant. A locked retry needs its
         # advisory locks held from the reads to the commit, and an idempotent command writes its
         # stored answer beside its events: those run inside a transaction.
-        if not (lock or idem):
-            return await self._decide_and_write(conn, meta, decide, None, None, lock=False)
+        if not (reader.lock or idem):
+            return await self._decide_and_write(conn, reader, meta, decide, None, None)
         async with conn.transaction():
-            return await self._decide_and_write(conn, meta, decide, idem, render, lock=lock)
+            return await self._decide_and_write(conn, reader, meta, decide, idem, render)
 
     async def _decide_and_write(
         self,
         conn: asyncpg.Connection,
+        reader: Reader,
         meta: EventMeta,
         decide: Decide,
         idem: Idempotency | None,
         render: Render | None,
-        *,
-        lock: bool,
     ) -> Done:
-        reader = Reader(conn, lock=lock)
         appends = await decide(reader)
         done = Done(reader.loaded)
         if not any(appends.values()):
@@ -221,10 +317,18 @@ class Commands:
             for s, events in appends.items()
             if events
         ]
+        # What the decision used from the cache and does not write: checked, not written.
+        batch += [
+            AppendStream(s, version or store.NO_STREAM, ())
+            for s, version in reader.checks.items()
+            if not appends.get(s)
+        ]
         # Fold the read models before appending (positions and times still unknown: the
         # database fills them in), so events and rows go in one round trip.
         pending = {
-            b.stream_id: _recorded(b, reader.versions[b.stream_id], b.meta or meta) for b in batch
+            b.stream_id: _recorded(b, reader.versions[b.stream_id], b.meta or meta)
+            for b in batch
+            if b.events
         }
         rows_sql, rows = rows_payload(reader.loaded, pending)
         appended = await store.command(conn, batch, meta, rows_sql, rows)
@@ -251,6 +355,10 @@ class Commands:
                 body,
             )
         return done
+
+
+class _Unverified(Exception):
+    """A decision on remembered state that wrote nothing: nothing verified it."""
 
 
 def _recorded(batch: AppendStream, base: int, meta: EventMeta) -> list[RecordedEvent]:

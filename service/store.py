@@ -63,7 +63,8 @@ def describe_expected(expected: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class AppendStream:
-    """Events for one stream, appended only if the stream is at `expected`."""
+    """Events for one stream, appended only if the stream is at `expected`. With no events (beside
+    other streams that have some), the stream is only checked to be at `expected`."""
 
     stream_id: str
     expected: int
@@ -126,14 +127,17 @@ START: Final = Checkpoint(0, 0)
 # advanced for an exact version or STREAM_EXISTS. Events are inserted only when every stream
 # moved; otherwise slotlog_conflict() raises SL001 naming the stream, which aborts the whole
 # statement, so nothing is written. Row locks on `streams` serialise writers of one stream;
-# the caller sorts streams so that multi-stream appends lock in one order.
+# the caller sorts streams so that multi-stream appends lock in one order. A stream with no
+# events is only checked (`checked`: at the expected version, or absent for NO_STREAM), neither
+# written nor locked: a decision made on remembered state proves that what it read of streams it
+# does not write is still current (service/handler.py).
 _APPEND_CTE = """
 WITH input AS (
     SELECT i.stream_id, i.expected, i.n
       FROM unnest($2::text[], $3::bigint[], $4::bigint[]) AS i(stream_id, expected, n)
 ), created AS (
     INSERT INTO streams AS st (stream_id, version)
-    SELECT i.stream_id, i.n FROM input AS i WHERE i.expected IN (-2, -1, 0)
+    SELECT i.stream_id, i.n FROM input AS i WHERE i.n > 0 AND i.expected IN (-2, -1, 0)
     ORDER BY i.stream_id
     ON CONFLICT ON CONSTRAINT streams_pkey DO UPDATE SET version = st.version + excluded.version
         WHERE (SELECT i.expected FROM input AS i WHERE i.stream_id = excluded.stream_id) = -2
@@ -141,11 +145,16 @@ WITH input AS (
 ), advanced AS (
     UPDATE streams AS st SET version = st.version + i.n
       FROM input AS i
-     WHERE st.stream_id = i.stream_id
+     WHERE st.stream_id = i.stream_id AND i.n > 0
        AND (i.expected = -3 OR (i.expected > 0 AND st.version = i.expected))
     RETURNING st.stream_id, st.version
+), checked AS (
+    SELECT i.stream_id, coalesce(st.version, 0) AS version
+      FROM input AS i LEFT JOIN streams AS st ON st.stream_id = i.stream_id
+     WHERE i.n = 0 AND coalesce(st.version, 0) = greatest(i.expected, 0)
 ), moved AS (
     SELECT stream_id, version FROM created UNION ALL SELECT stream_id, version FROM advanced
+    UNION ALL SELECT stream_id, version FROM checked
 ), appended AS (
     INSERT INTO events AS ev (stream_id, version, tenant_id, type, data, metadata)
     SELECT e.sid, m.version - i.n + row_number() OVER (PARTITION BY e.sid ORDER BY e.ord),
@@ -300,6 +309,8 @@ async def _call(
     ordered = sorted(streams, key=lambda s: s.stream_id)
     if len({s.stream_id for s in ordered}) != len(ordered):
         raise ValueError("a stream may appear only once in one append")
+    if any(not s.events and s.expected < NO_STREAM for s in ordered):
+        raise ValueError("a stream checked without events needs an exact version or NO_STREAM")
     meta_json = _META_ENCODER.encode(meta).decode()
     event_streams: list[str] = []
     types: list[str] = []

@@ -177,7 +177,7 @@ async def post_booking(request: Request) -> Response:
     )
     own = streams.booking(tenant, cmd.booking_id)
     decide = hold_decision(cmd)
-    return await run_command(request, principal, decide, created(own, at))
+    return await run_command(request, principal, decide, created(own, at), recall=True)
 
 
 async def post_seats(request: Request) -> Response:
@@ -220,7 +220,7 @@ async def _booking_command(request: Request, principal: Any, cmd: BookingCommand
     def render(done: Done) -> tuple[int, bytes]:
         return 200, encode_json(booking_view(booking_after(done, own), cmd.now))
 
-    return await run_command(request, principal, decide, render)
+    return await run_command(request, principal, decide, render, recall=True)
 
 
 async def confirm(request: Request) -> Response:

@@ -181,11 +181,18 @@ async def run_command(
     principal: Principal,
     decide: Any,
     render: Render,
+    *,
+    recall: bool = False,
 ) -> Response:
-    """Run a decision; answer with `render`'s status and body, or the stored first answer."""
+    """Run a decision; answer with `render`'s status and body, or the stored first answer.
+    `recall`: the decision may start from the streams this process remembers (handler.py)."""
     idem = idempotency(request)
     result = await commands(request).run(
-        meta(request, principal, idem.key if idem else None), decide, idem=idem, render=render
+        meta(request, principal, idem.key if idem else None),
+        decide,
+        idem=idem,
+        render=render,
+        recall=recall,
     )
     if isinstance(result, Stored):
         return Response(
