@@ -145,19 +145,21 @@ class TestNoOpsAreDecidedAfresh:
         stream = f"tn_c:res:{uuid.uuid4().hex}"
         seen: list[int] = []
 
-        def only_the_first(n: int) -> Decide:
+        def when_at(version: int) -> Decide:
+            """Append one event if the stream is at `version`, else nothing."""
+
             async def decide(r: Reader) -> Appends:
                 loaded, _ = await r.read([stream])
                 seen.append(len(loaded[stream]))
-                return {stream: [UPSERT]} if len(loaded[stream]) < n else {}
+                return {stream: [UPSERT]} if len(loaded[stream]) == version else {}
 
             return decide
 
-        await mine.run(meta, only_the_first(1), recall=True)  # mine remembers version 1
-        await theirs.run(meta, only_the_first(2), recall=True)  # now at version 2
+        await mine.run(meta, when_at(0), recall=True)  # mine remembers version 1
+        await theirs.run(meta, when_at(1), recall=True)  # now at version 2
         seen.clear()
-        done = await mine.run(meta, only_the_first(3), recall=True)
-        assert seen == [1, 2]  # remembered, then fresh
+        done = await mine.run(meta, when_at(2), recall=True)
+        assert seen == [1, 2]  # remembered: nothing to do; fresh: something to do
         assert isinstance(done, Done) and [e.version for e in done.new[stream]] == [3]
 
 
