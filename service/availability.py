@@ -9,6 +9,7 @@ interval is half-open, [start, end)."""
 
 from __future__ import annotations
 
+import functools
 import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Mapping, Sequence
@@ -237,6 +238,7 @@ def _offset(moment: datetime, tz: ZoneInfo) -> timedelta | None:
     return moment.astimezone(tz).utcoffset()
 
 
+@functools.lru_cache(maxsize=65_536)  # a pure function of hashable arguments, on every hold
 def _wall_to_utc(day: date, minutes: int, tz: ZoneInfo) -> datetime:
     """The UTC instant of local wall time `minutes` after midnight on `day` in `tz`.
 

@@ -221,11 +221,24 @@ class DayLedger:
         self.version += 1
 
     def busy(self, *, excluding: str | None = None) -> list[Busy]:
-        return [
-            Busy(c.start, c.end, c.block_start, c.block_end, c.expires_at)
-            for c in self.claims.values()
-            if c.claim_id != excluding
-        ]
+        return [busy_entry(c) for c in self.claims.values() if c.claim_id != excluding]
+
+
+#: TimeClaimed -> Busy, by identity (claims are immutable, and a process decides on the same
+#: remembered claims again and again: service/cache.py); bounded, cleared when full.
+_BUSY: dict[int, tuple[TimeClaimed, Busy]] = {}
+
+
+def busy_entry(c: TimeClaimed) -> Busy:
+    """The busy entry of a claim."""
+    known = _BUSY.get(id(c))
+    if known is not None and known[0] is c:
+        return known[1]
+    if len(_BUSY) >= 200_000:
+        _BUSY.clear()
+    b = Busy(c.start, c.end, c.block_start, c.block_end, c.expires_at)
+    _BUSY[id(c)] = (c, b)
+    return b
 
 
 @dataclass(slots=True)
@@ -391,7 +404,7 @@ def busy_of(
         if stream_id.startswith(prefix):
             for claim_id, c in ledger.claims.items():
                 if claim_id != excluding:
-                    seen[claim_id] = Busy(c.start, c.end, c.block_start, c.block_end, c.expires_at)
+                    seen[claim_id] = busy_entry(c)
     return list(seen.values())
 
 
