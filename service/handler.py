@@ -9,6 +9,11 @@ streams it decides on, in sorted order: contenders for one hot stream (the seats
 class) then queue instead of retrying in a storm. Advisory locks are only a queue; correctness
 still rests on the expected versions checked by the append.
 
+Recall (holds and booking commands): the first attempt may decide on the streams this process
+remembers (service/cache.py); the append then also checks, without writing them, the streams it
+used but does not write. A stale memory fails that statement and the command runs as above on
+fresh state; a refusal or a no-op decided on memory is decided again on fresh state.
+
 Idempotency: the answer to a command sent with an Idempotency-Key is stored in the same
 transaction as its events. A retry finds it and gets it back; a concurrent duplicate collides on
 the key's primary key, rolls back its own events, and returns the stored answer.
