@@ -13,14 +13,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 
 from service import streams
 from service.decider import Booking, DayLedger, SessionState, evolve_booking
-from service.events import ResourceUpserted, ServiceUpserted, SessionScheduled
-from service.store import PENDING, RecordedEvent
+from service.events import AnyEvent, ResourceUpserted, ServiceUpserted, SessionScheduled
+from service.store import PENDING
 
 S = TypeVar("S")
 Row = tuple[Any, ...]
@@ -40,6 +40,22 @@ def json_text(value: Any) -> str:
     return _JSON.encode(value).decode()
 
 
+class Recorded(Protocol):
+    """What a fold reads of an event: a store.RecordedEvent, or replay's lighter envelope."""
+
+    @property
+    def event(self) -> AnyEvent: ...
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def position(self) -> int: ...
+
+    @property
+    def recorded_at(self) -> datetime: ...
+
+
 class Projection(ABC, Generic[S]):
     """One read-model table, fed by one kind of stream."""
 
@@ -56,14 +72,14 @@ class Projection(ABC, Generic[S]):
         """The state of a stream with no events yet."""
 
     @abstractmethod
-    def evolve(self, state: S, rec: RecordedEvent) -> S:
+    def evolve(self, state: S, rec: Recorded) -> S:
         """Apply one event of the stream (never raises: the event happened)."""
 
     @abstractmethod
     def rows(self, stream_id: str, state: S) -> list[Row]:
         """The table rows the folded stream contributes."""
 
-    def fold(self, stream_id: str, events: Sequence[RecordedEvent]) -> list[Row]:
+    def fold(self, stream_id: str, events: Sequence[Recorded]) -> list[Row]:
         state = self.initial(stream_id)
         for rec in events:
             state = self.evolve(state, rec)
@@ -88,7 +104,7 @@ class LatestProjection(Projection[Latest[Any]]):
     def initial(self, stream_id: str) -> Latest[Any]:
         return Latest()
 
-    def evolve(self, state: Latest[Any], rec: RecordedEvent) -> Latest[Any]:
+    def evolve(self, state: Latest[Any], rec: Recorded) -> Latest[Any]:
         if isinstance(rec.event, self.event_type):
             return Latest(rec.event, rec.version, rec.position, rec.recorded_at)
         return state
@@ -179,7 +195,7 @@ class BookingsProjection(Projection[Booking | None]):
     def initial(self, stream_id: str) -> Booking | None:
         return None
 
-    def evolve(self, state: Booking | None, rec: RecordedEvent) -> Booking | None:
+    def evolve(self, state: Booking | None, rec: Recorded) -> Booking | None:
         return evolve_booking(
             state,
             rec.event,
@@ -254,7 +270,7 @@ class BusyProjection(Projection[DayLedger]):
     def initial(self, stream_id: str) -> DayLedger:
         return DayLedger()
 
-    def evolve(self, state: DayLedger, rec: RecordedEvent) -> DayLedger:
+    def evolve(self, state: DayLedger, rec: Recorded) -> DayLedger:
         state.evolve(rec.event)
         return state
 
@@ -316,7 +332,7 @@ class SessionsProjection(Projection[SessionState]):
     def initial(self, stream_id: str) -> SessionState:
         return SessionState()
 
-    def evolve(self, state: SessionState, rec: RecordedEvent) -> SessionState:
+    def evolve(self, state: SessionState, rec: Recorded) -> SessionState:
         state.evolve(rec.event)
         state.updated_at = rec.recorded_at
         return state

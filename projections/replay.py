@@ -6,7 +6,9 @@ Inline read models (projections/readmodels.py; each row the fold of one stream):
    (stream_id, version), fold each stream and COPY the rows into `<table>_rebuild` (created LIKE
    the live table, indexes added after the load). Per-stream version order matters: log order
    (transaction_id, position) does not preserve it, because a transaction that started earlier
-   can append a stream's next version after waiting on the stream's row lock.
+   can append a stream's next version after waiting on the stream's row lock. Each stream comes
+   as one row, its events as one JSON array (only what a fold reads: data, version, position,
+   recorded_at), decoded in one call; reading, folding and COPY (on two connections) overlap.
 2. Catch up: the streams with events visible now but not in the previous snapshot
    (`transaction_id >= xmin(S) AND NOT pg_visible_in_snapshot(transaction_id, S)`) are re-folded
    whole into the fresh table (idempotent), until the remaining delta is small.
@@ -21,11 +23,13 @@ Inline read models (projections/readmodels.py; each row the fold of one stream):
 snapshot, after re-folding the delta up to that snapshot (inline rows commit with their events,
 so a snapshot sees both consistently). Nothing is swapped.
 
-Asynchronous projections (projections/runner.py) are rebuilt by applying the log from position 0
-in log order. The swap takes the projection's checkpoint row FOR UPDATE (the runner's batches take
-it first too), brings the rebuilt table up to the live checkpoint if the runner was ahead, and sets
-the checkpoint to the rebuilt table's in the same transaction. Verify rebuilds up to the live
-checkpoint read at the start and, in the comparing snapshot, applies what the runner did since.
+Asynchronous projections (projections/runner.py) are rebuilt from position 0 by their own
+`rebuild` (stats: counters summed by PostgreSQL in one snapshot), on the admin connection while
+the inline fold runs. The swap takes the projection's checkpoint row FOR UPDATE (the runner's
+batches take it first too), brings the rebuilt table up to the live checkpoint if the runner was
+ahead, and sets the checkpoint to the rebuilt table's in the same transaction. Verify rebuilds up
+to the live checkpoint read at the start and, in the comparing snapshot, applies what the runner
+did since.
 
 Imports the projections and the store; nothing here knows about HTTP.
 """
@@ -38,13 +42,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import asyncpg
 import msgspec
 
 from projections.engine import write_streams
-from projections.readmodels import PROJECTIONS, Projection, Row, projection_for
+from projections.readmodels import PROJECTIONS, Projection, Row
 from projections.runner import (
     ASYNC_PROJECTIONS,
     AsyncProjection,
@@ -53,12 +57,16 @@ from projections.runner import (
     save_checkpoint,
 )
 from service import store, streams
-from service.events import META_DECODER, decode
-from service.store import START, Checkpoint, RecordedEvent
+from service.events import AnyEvent
+from service.store import Checkpoint
 
 REPLAY_LOCK: Final = 7320190
 READ_CHUNK: Final = 5000
-COPY_CHUNK: Final = 5000
+FETCH_EVENTS: Final = 4000  # events the fold asks for at a time (whole streams)
+MAX_FETCH: Final = 10_000  # streams
+COPY_CHUNK: Final = 1000  # rows per COPY
+WRITERS: Final = 2  # connections that COPY, so that encoding a chunk overlaps loading one
+YIELD_EVENTS: Final = 500  # events folded between turns of the event loop
 SMALL_DELTA: Final = 200
 MAX_CATCH_UP_ROUNDS: Final = 8
 MAX_SWAP_ATTEMPTS: Final = 30
@@ -143,18 +151,30 @@ def targets(names: Sequence[str] | None = None) -> list[Target]:
 
 # ── reading ──────────────────────────────────────────────────────────────────
 
-_COLUMNS = (
-    "position, transaction_id, stream_id, version, tenant_id, data::text AS data, "
-    "metadata::text AS metadata, recorded_at"
+
+class Logged(msgspec.Struct, array_like=True, frozen=True):
+    """One event as a fold reads it (projections.readmodels.Recorded), decoded straight from the
+    JSON array PostgreSQL builds for it: no metadata, no per-event row."""
+
+    event: AnyEvent
+    version: int
+    position: int
+    recorded_at: datetime
+
+
+_STREAM: Final = msgspec.json.Decoder(list[Logged])
+
+# One row per stream, its events as one JSON array in version order: PostgreSQL renders the JSON
+# (as the bare read does), and this process decodes a stream in one call.
+_COUNT_SQL: Final = (
+    "SELECT count(*) FROM events WHERE split_part(stream_id, ':', 2) = ANY($1::text[])"
 )
-
-
-def _recorded(row: Any) -> RecordedEvent:
-    # Positional (the field order of RecordedEvent): the hottest line of a rebuild.
-    p, tx, stream, version, tenant, data, meta, at = row
-    return RecordedEvent(
-        p, tx, stream, version, tenant, decode(data), META_DECODER.decode(meta), at
-    )
+_STREAMS_SQL: Final = (
+    "SELECT stream_id, json_agg(json_build_array(data, version, position, recorded_at) "
+    "ORDER BY version)::text FROM events "
+    "WHERE split_part(stream_id, ':', 2) = ANY($1::text[]) "
+    "GROUP BY stream_id ORDER BY stream_id"
+)
 
 
 def _kinds(inline: Sequence[Target]) -> list[str]:
@@ -262,70 +282,68 @@ async def _create_indexes(conn: asyncpg.Connection, t: Target) -> dict[str, str]
 
 async def _fold_all(
     read: asyncpg.Connection,
-    write: asyncpg.Connection,
+    writers: Sequence[asyncpg.Connection],
     inline: Sequence[Target],
     progress: Progress,
 ) -> tuple[str, int]:
     """Phase 1: fold every stream of the inline projections in snapshot S0, COPY the rows.
-    Returns (S0, events read). Reading and writing overlap: the reader hands chunks of rows to
-    the writer through a small queue."""
+    Returns (S0, events read). PostgreSQL, this process and the COPY overlap: the next chunk of
+    streams is requested before the current one is folded, the fold yields to the event loop
+    every few streams (so that both connections' sockets are served), and the rows go to the
+    writer through a small queue."""
     kinds = _kinds(inline)
     by_kind = {t.inline.stream_kind: t for t in inline if t.inline is not None}
     queue: asyncio.Queue[tuple[Target, list[Row]] | None] = asyncio.Queue(maxsize=4)
 
-    async def writer() -> None:
+    async def writer(write: asyncpg.Connection) -> None:
         while (item := await queue.get()) is not None:
             t, rows = item
             assert t.inline is not None
             await write.copy_records_to_table(t.rebuild, records=rows, columns=t.inline.columns)
 
-    writing = asyncio.create_task(writer())
-    events = 0
+    writing = asyncio.gather(*(writer(w) for w in writers))
+    events = shown = 0
     try:
         async with read.transaction(isolation="repeatable_read", readonly=True):
             snapshot = await _snapshot(read)
-            total = await read.fetchval(
-                "SELECT count(*) FROM events WHERE split_part(stream_id, ':', 2) = ANY($1::text[])",
-                kinds,
-            )
-            progress("fold", 0, int(total))
+            # Rows in index order as they come, not after a sort of the whole log (which the
+            # planner may pick, misjudging the kind filter): first rows at once, little memory.
+            await read.execute("SET LOCAL enable_sort = off")
             buffers: dict[str, list[Row]] = {t.name: [] for t in inline}
-            cursor = await read.cursor(
-                f"SELECT {_COLUMNS} FROM events "
-                "WHERE split_part(stream_id, ':', 2) = ANY($1::text[]) "
-                "ORDER BY stream_id, version",
-                kinds,
-            )
-            current: str | None = None
-            pending: list[RecordedEvent] = []
-
-            async def flush_stream() -> None:
-                if current is None:
-                    return
-                t = by_kind[streams.kind_of(current)]
-                p = projection_for(current)
-                assert p is not None
-                buffer = buffers[t.name]
-                buffer.extend(p.fold(current, pending))
-                if len(buffer) >= COPY_CHUNK:
-                    await queue.put((t, buffer[:]))
-                    buffer.clear()
-
-            while rows := await cursor.fetch(READ_CHUNK):
-                for row in rows:
-                    if row[2] != current:
-                        await flush_stream()
-                        current, pending = row[2], []
-                    pending.append(_recorded(row))
-                events += len(rows)
-                progress("fold", len(rows), None)
-                if writing.done():
-                    break  # the writer failed: stop reading, raise below
-            await flush_stream()
+            cursor = await read.cursor(_STREAMS_SQL, kinds)
+            size = 64  # streams per fetch, adapted to their length (FETCH_EVENTS a fetch)
+            fetching = asyncio.ensure_future(cursor.fetch(size))
+            try:
+                while rows := await fetching:
+                    fetching = asyncio.ensure_future(cursor.fetch(size))
+                    before = events
+                    for stream_id, text in rows:
+                        stream = _STREAM.decode(text)
+                        t = by_kind[streams.kind_of(stream_id)]
+                        assert t.inline is not None
+                        buffer = buffers[t.name]
+                        buffer.extend(t.inline.fold(stream_id, stream))
+                        events += len(stream)
+                        if len(buffer) >= COPY_CHUNK:
+                            await queue.put((t, buffer))
+                            buffers[t.name] = []
+                        if events - shown >= YIELD_EVENTS:
+                            progress("fold", events - shown, None)
+                            shown = events
+                            await asyncio.sleep(0)  # let both sockets be served
+                    size = max(1, min(MAX_FETCH, FETCH_EVENTS * len(rows) // (events - before)))
+                    if writing.done():
+                        break  # the writer failed: stop reading, raise below
+            finally:
+                # The connection must be idle before the transaction ends.
+                with contextlib.suppress(Exception):
+                    await fetching
+            progress("fold", events - shown, None)
             for t in inline:
                 if buffers[t.name]:
                     await queue.put((t, buffers[t.name]))
-        await queue.put(None)
+        for _ in writers:
+            await queue.put(None)
         await writing
     finally:
         if not writing.done():
@@ -386,53 +404,6 @@ async def _apply_range(
         progress(t.name, len(batch), None)
         if upto is not None and after >= upto:
             return after, applied
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """An event as projections that need no event data see it (no JSON decoded)."""
-
-    position: int
-    transaction_id: int
-    tenant_id: str
-    type: str
-    recorded_at: datetime
-
-    @property
-    def checkpoint(self) -> Checkpoint:
-        return Checkpoint(self.transaction_id, self.position)
-
-
-async def _apply_light(
-    read: asyncpg.Connection,
-    write: asyncpg.Connection,
-    t: Target,
-    upto: Checkpoint | None,
-    progress: Progress,
-) -> tuple[Checkpoint, int]:
-    """Rebuild an async projection that needs no event data from position 0: one snapshot, one
-    ordered pass over the log's light columns, up to `upto` or to the snapshot's head (the
-    events below its xmin). Each chunk commits on its own."""
-    assert t.async_projection is not None
-    tables = {t.table: t.rebuild}
-    bound = "AND (transaction_id, position) <= ($1::xid8, $2)" if upto is not None else ""
-    args = [upto.transaction_id, upto.position] if upto is not None else []
-    at, applied = START, 0
-    async with read.transaction(isolation="repeatable_read", readonly=True):
-        cursor = await read.cursor(
-            "SELECT position, transaction_id, tenant_id, type, recorded_at FROM events "
-            f"WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot()) {bound} "
-            "ORDER BY transaction_id, position",
-            *args,
-        )
-        while rows := await cursor.fetch(READ_CHUNK * 4):
-            chunk = [Entry(r[0], r[1], r[2], r[3], r[4]) for r in rows]
-            # needs_event_data False: apply reads only the fields an Entry has.
-            await t.async_projection.apply(write, cast(Any, chunk), tables=tables)
-            at = chunk[-1].checkpoint
-            applied += len(chunk)
-            progress(t.name, len(chunk), None)
-    return at, applied
 
 
 # ── verify ───────────────────────────────────────────────────────────────────
@@ -539,6 +510,13 @@ async def _swap_once(
 # ── the whole replay ─────────────────────────────────────────────────────────
 
 
+async def _connect(url: str) -> asyncpg.Connection:
+    conn: asyncpg.Connection = await asyncpg.connect(
+        url, server_settings={"application_name": "slotlog:replay"}
+    )
+    return conn
+
+
 async def replay(
     url: str,
     names: Sequence[str] | None = None,
@@ -551,20 +529,22 @@ async def replay(
     chosen = targets(names)
     result = Result([t.name for t in chosen])
     started = time.perf_counter()
-    admin = await asyncpg.connect(url, server_settings={"application_name": "slotlog:replay"})
+    admin = await _connect(url)
     try:
         if not await admin.fetchval("SELECT pg_try_advisory_lock($1)", REPLAY_LOCK):
             raise ReplayError("another `slotlog replay` is running against this database")
-        read = await asyncpg.connect(url, server_settings={"application_name": "slotlog:replay"})
-        write = await asyncpg.connect(url, server_settings={"application_name": "slotlog:replay"})
-        try:
-            await _run(admin, read, write, chosen, verify, progress, result)
-        finally:
-            with contextlib.suppress(Exception):
-                if verify or not result.swapped:
-                    await _drop_tables(admin, chosen)
-            await read.close()
-            await write.close()
+        async with contextlib.AsyncExitStack() as stack:
+            conns: list[asyncpg.Connection] = []
+            for _ in range(1 + WRITERS):
+                conns.append(await _connect(url))
+                stack.push_async_callback(conns[-1].close)
+            read, writers = conns[0], conns[1:]
+            try:
+                await _run(admin, read, writers, chosen, verify, progress, result)
+            finally:
+                with contextlib.suppress(Exception):
+                    if verify or not result.swapped:
+                        await _drop_tables(admin, chosen)
     finally:
         await admin.close()
     result.seconds = time.perf_counter() - started
@@ -574,36 +554,51 @@ async def replay(
 async def _run(
     admin: asyncpg.Connection,
     read: asyncpg.Connection,
-    write: asyncpg.Connection,
+    writers: Sequence[asyncpg.Connection],
     chosen: Sequence[Target],
     verify: bool,
     progress: Progress,
     result: Result,
 ) -> None:
+    write = writers[0]
     inline = [t for t in chosen if t.inline is not None]
     await _create_tables(admin, chosen)
+
+    async def beside_the_fold() -> tuple[dict[str, dict[str, str]], dict[str, Checkpoint], int]:
+        """On the admin connection while the fold runs: the fold's total for its progress bar,
+        then each asynchronous projection, rebuilt in one snapshot of its own."""
+        if inline and progress is not _no_progress:
+            progress("fold", 0, int(await admin.fetchval(_COUNT_SQL, _kinds(inline))))
+        names: dict[str, dict[str, str]] = {}
+        at: dict[str, Checkpoint] = {}
+        events = 0
+        for t in chosen:
+            if t.async_projection is None:
+                continue
+            # Indexes before the load: the projection's upserts need its key.
+            names[t.name] = await _create_indexes(admin, t)
+            upto = await read_checkpoint(admin, t.name) if verify else None
+            at[t.name], n = await t.async_projection.rebuild(admin, table=t.rebuild, upto=upto)
+            progress(t.name, n, n)
+            events += n
+        return names, at, events
+
+    beside = asyncio.create_task(beside_the_fold())
     since: str | None = None
-    if inline:
-        since, n = await _fold_all(read, write, inline, progress)
-        result.events += n
-    # Inline tables get their indexes after the bulk load (faster); async ones before, since
-    # their incremental upserts need the key.
-    index_names = {
-        t.name: await _create_indexes(admin, t) for t in chosen if t.async_projection is not None
-    }
-    async_at: dict[str, Checkpoint] = {}
-    for t in chosen:
-        if t.async_projection is None:
-            continue
-        upto = await read_checkpoint(admin, t.name) if verify else None
-        progress(t.name, 0, int(await admin.fetchval("SELECT count(*) FROM events")))
-        # Each batch commits on its own: a long transaction with an xid would hold back every
-        # subscriber of the log (store.read_all) for the whole rebuild.
-        if t.async_projection.needs_event_data:
-            async_at[t.name], n = await _apply_range(read, write, t, START, upto, progress)
-        else:
-            async_at[t.name], n = await _apply_light(read, write, t, upto, progress)
-        result.events += n
+    try:
+        if inline:
+            since, n = await _fold_all(read, writers, inline, progress)
+            result.events += n
+    except Exception:
+        with contextlib.suppress(Exception):
+            await beside  # the admin connection must be idle for the clean-up
+        raise
+    except BaseException:
+        beside.cancel()
+        raise
+    index_names, async_at, n = await beside
+    result.events += n
+    # Inline tables get their indexes after the bulk load (faster).
     for t in inline:
         index_names[t.name] = await _create_indexes(admin, t)
     if inline and since is not None:

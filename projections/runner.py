@@ -56,15 +56,19 @@ class Consumer(Protocol):
 
 
 class AsyncProjection(Consumer, Protocol):
-    """A consumer whose rows live in one table that replay can rebuild and swap.
-
-    With `needs_event_data` False, `apply` only reads `tenant_id`, `type`, `position`,
-    `recorded_at` and `checkpoint` of each event, so replay feeds it light entries read without
-    decoding the events' JSON (projections/replay.py)."""
+    """A consumer whose rows live in one table that replay can rebuild and swap
+    (projections/replay.py)."""
 
     table: str
     key: tuple[str, ...]
-    needs_event_data: bool
+
+    async def rebuild(
+        self, conn: Any, *, table: str, upto: Checkpoint | None
+    ) -> tuple[Checkpoint, int]:
+        """Fill the empty `table` as applying the log from position 0 would: every event that
+        store.read_all returns now, up to and including `upto` if given. Returns the checkpoint
+        reached and the number of events it covers."""
+        ...
 
 
 ASYNC_PROJECTIONS: tuple[AsyncProjection, ...] = (StatsProjection(),)

@@ -4,7 +4,8 @@ Unlike the inline read models (projections/readmodels.py: each row a fold of one
 whole), this one is genuinely incremental: every batch adds `n` to `events` and to the per-type
 counters. Applying an event twice or losing one would therefore show, which is what makes it the
 proof of the runner's exactly-once bookkeeping (rows and checkpoint in one transaction). Replay
-rebuilds it by applying the whole log from position 0 in the same (transaction_id, position) order.
+rebuilds it from position 0 with `rebuild`: the same counters, summed by PostgreSQL in one aggregate
+over the events `store.read_all` would return, and written by the statement `apply` uses.
 
 No HTTP here; imports only the store's types.
 """
@@ -19,6 +20,8 @@ from typing import Any, Protocol
 
 import msgspec
 
+from service.store import START, Checkpoint
+
 _JSON = msgspec.json.Encoder()
 
 
@@ -31,7 +34,7 @@ class _TenantBatch:
 
 
 class Logged(Protocol):
-    """What this projection reads of an event (a RecordedEvent, or replay's light entry)."""
+    """What this projection reads of an event (a store.RecordedEvent)."""
 
     @property
     def tenant_id(self) -> str: ...
@@ -52,7 +55,6 @@ class StatsProjection:
     name: str = "stats"
     table: str = "rm_tenant_stats"
     key: tuple[str, ...] = ("tenant_id",)
-    needs_event_data: bool = False
 
     async def apply(
         self,
@@ -71,7 +73,53 @@ class StatsProjection:
             b.by_type[rec.type] += 1
             b.last_position = rec.position
             b.last_recorded_at = rec.recorded_at
-        table = (tables or {}).get(self.table, self.table)
+        await self._add(conn, (tables or {}).get(self.table, self.table), batches)
+
+    async def rebuild(
+        self, conn: Any, *, table: str, upto: Checkpoint | None
+    ) -> tuple[Checkpoint, int]:
+        """Fill the empty `table` from position 0: what `apply` would make of every event that
+        store.read_all returns now (those of transactions that ended before every transaction still
+        running), up to and including `upto` if given. The counters are sums, so PostgreSQL counts
+        them in one aggregate rather than this process adding every event; each tenant's last
+        event in log order gives its last_position and last_recorded_at. One REPEATABLE READ
+        snapshot; returns the checkpoint reached (the last event counted) and the events counted."""
+        async with conn.transaction(isolation="repeatable_read"):
+            xmin = await conn.fetchval("SELECT pg_snapshot_xmin(pg_current_snapshot())")
+            where = "transaction_id < $1::xid8"
+            args: list[Any] = [xmin]
+            if upto is not None:
+                where += " AND (transaction_id, position) <= ($2::xid8, $3)"
+                args += [upto.transaction_id, upto.position]
+            counts = await conn.fetch(
+                f"SELECT tenant_id, type, count(*) FROM events WHERE {where} GROUP BY 1, 2", *args
+            )
+            batches: dict[str, _TenantBatch] = {}
+            for tenant, type_, n in counts:
+                b = batches.setdefault(tenant, _TenantBatch())
+                b.events += n
+                b.by_type[type_] += n
+            lasts = await conn.fetch(
+                "SELECT t.tenant_id, e.transaction_id, e.position, e.recorded_at "
+                f"FROM unnest(${len(args) + 1}::text[]) AS t (tenant_id) CROSS JOIN LATERAL "
+                f"(SELECT transaction_id, position, recorded_at FROM events WHERE {where} "
+                "AND tenant_id = t.tenant_id ORDER BY transaction_id DESC, position DESC "
+                "LIMIT 1) AS e",
+                *args,
+                list(batches),
+            )
+            reached = START
+            for tenant, tx, position, at in lasts:
+                b = batches[tenant]
+                b.last_position, b.last_recorded_at = position, at
+                reached = max(reached, Checkpoint(int(tx), int(position)))
+            await self._add(conn, table, batches)
+        return reached, sum(b.events for b in batches.values())
+
+    @staticmethod
+    async def _add(conn: Any, table: str, batches: Mapping[str, _TenantBatch]) -> None:
+        if not batches:
+            return
         tenants = sorted(batches)
         await conn.execute(
             f"INSERT INTO {table} AS s "
