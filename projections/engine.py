@@ -8,7 +8,8 @@ result never depends on the order in which streams are written.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping, Sequence
+import operator
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -92,6 +93,15 @@ async def replace_rows(
         await conn.executemany(insert_sql(p, table), rows)
 
 
+@functools.cache
+def _key_of(p: Projection[Any]) -> Callable[[Row], tuple[Any, ...]]:
+    """A row's key columns, as a tuple."""
+    at = [p.columns.index(k) for k in p.key]
+    if len(at) == 1:
+        return lambda row: (row[at[0]],)
+    return operator.itemgetter(*at)
+
+
 def rows_payload(
     loaded: Mapping[str, Sequence[RecordedEvent]], new: Mapping[str, Sequence[RecordedEvent]]
 ) -> tuple[str, bytes]:
@@ -106,13 +116,13 @@ def rows_payload(
         if p is None:
             continue
         before_events = loaded.get(stream_id, [])
-        key_at = [p.columns.index(k) for k in p.key]
-        before = {tuple(r[i] for i in key_at): r for r in p.fold(stream_id, before_events)}
+        key_of = _key_of(p)
+        before = {key_of(r): r for r in p.fold(stream_id, before_events)}
         after = p.fold(stream_id, [*before_events, *events])
         entry = tables.setdefault(p.table, {"rows": [], "gone": []})
         jsonb = [t == "jsonb" for t in p.types]
         for row in after:
-            key = tuple(row[i] for i in key_at)
+            key = key_of(row)
             if before.pop(key, None) == row:
                 continue
             entry["rows"].append(

@@ -9,6 +9,7 @@ a replay from position 0 rebuilds tables identical to the live ones. No I/O here
 
 from __future__ import annotations
 
+import operator
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +20,13 @@ import msgspec
 
 from service import streams
 from service.decider import Booking, DayLedger, SessionState, evolve_booking
-from service.events import AnyEvent, ResourceUpserted, ServiceUpserted, SessionScheduled
+from service.events import (
+    AnyEvent,
+    ResourceUpserted,
+    ServiceUpserted,
+    SessionScheduled,
+    TimeClaimed,
+)
 from service.store import PENDING
 
 S = TypeVar("S")
@@ -275,10 +282,14 @@ class BusyProjection(Projection[DayLedger]):
         return state
 
     def rows(self, stream_id: str, state: DayLedger) -> list[Row]:
-        tenant = tenant_of(stream_id)
-        return [
-            (
-                tenant,
+        out: list[Row] = []
+        for c in sorted(state.claims.values(), key=_CLAIM_ID):
+            known = _CLAIM_ROWS.get(id(c))
+            if known is not None and known[0] is c:
+                out.append(known[1])
+                continue
+            row = (
+                tenant_of(stream_id),
                 c.resource_id,
                 date.fromisoformat(c.day),
                 c.claim_id,
@@ -289,8 +300,18 @@ class BusyProjection(Projection[DayLedger]):
                 c.block_end,
                 c.expires_at,
             )
-            for c in sorted(state.claims.values(), key=lambda c: c.claim_id)
-        ]
+            if len(_CLAIM_ROWS) >= 100_000:
+                _CLAIM_ROWS.clear()
+            _CLAIM_ROWS[id(c)] = (c, row)
+            out.append(row)
+        return out
+
+
+_CLAIM_ID = operator.attrgetter("claim_id")
+#: A claim's row, by the claim's identity: a command folds its day ledger before and after its
+#: own events, and the claims it did not touch are the same immutable events (service/cache.py
+#: hands them back again and again), so their rows are built once. A claim lives in one stream.
+_CLAIM_ROWS: dict[int, tuple[TimeClaimed, Row]] = {}
 
 
 class SessionsProjection(Projection[SessionState]):
