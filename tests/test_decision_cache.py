@@ -17,10 +17,11 @@ from starlette.applications import Starlette
 from service import store
 from service.app import create_app
 from service.cache import StreamCache
-from service.decider import Appends
-from service.events import EventMeta, ResourceUpserted
+from service.decider import Appends, DayLedger
+from service.events import EventMeta, ResourceUpserted, TimeClaimed, TimeReleased
 from service.handler import Commands, Decide, Done, Reader
 from service.store import NO_STREAM, AppendStream, ConcurrencyError
+from service.usecases import ledger_of
 from tests.conftest import Api
 from tests.helpers import at, hold, iso, parse, resource, service, weekday_ahead
 
@@ -234,3 +235,47 @@ class TestStreamCache:
         assert len(cache) <= 10
         cache.forget(["s19"])
         assert cache.full("s19") is None
+
+
+class TestLedgerFolds:
+    """usecases.ledger_of continues from its last fold only when that fold is a prefix."""
+
+    def test_continued_folds_equal_whole_folds(self) -> None:
+        stream = f"tn_c:rd:room:{uuid.uuid4().hex}"
+        t = datetime(2030, 1, 7, 9, tzinfo=UTC)
+
+        def rec(version: int, event: TimeClaimed | TimeReleased) -> store.RecordedEvent:
+            return store.RecordedEvent(
+                position=version,
+                transaction_id=1,
+                stream_id=stream,
+                version=version,
+                tenant_id="tn_c",
+                event=event,
+                metadata=EventMeta(tenant="tn_c"),
+                recorded_at=t,
+            )
+
+        def claim(cid: str, hours: int) -> TimeClaimed:
+            start = t + timedelta(hours=hours)
+            end = start + timedelta(hours=1)
+            return TimeClaimed(
+                resource_id="room", day="2030-01-07", claim_id=cid, start=start, end=end,
+                block_start=start, block_end=end,
+            )  # fmt: skip
+
+        def whole(events: list[store.RecordedEvent]) -> dict[str, TimeClaimed]:
+            ledger = DayLedger()
+            for e in events:
+                ledger.evolve(e.event)
+            return ledger.claims
+
+        log = [rec(1, claim("a", 0)), rec(2, claim("b", 1))]
+        assert ledger_of(stream, log).claims == whole(log)
+        longer = [*log, rec(3, TimeReleased(resource_id="room", day="2030-01-07", claim_id="a"))]
+        assert ledger_of(stream, longer).claims == whole(longer) == {"b": claim("b", 1)}
+        # The earlier fold is untouched by the continuation, and a shorter list is folded whole.
+        assert ledger_of(stream, log).claims == whole(log)
+        # Another list of that length (other objects, as from a fresh read) is folded whole.
+        fresh = [rec(1, claim("a", 0)), rec(2, claim("c", 3))]
+        assert ledger_of(stream, fresh).claims == whole(fresh)
