@@ -17,8 +17,10 @@ Inline read models (projections/readmodels.py; each row the fold of one stream):
    indexes to the live names. Every command that committed rows to a live table before the lock
    is in the delta; a command still waiting on the lock writes its (whole-stream) fold into the
    new table once we commit, so nothing written meanwhile is lost. Lock waits are bounded by
-   lock_timeout; on timeout we catch up once more and retry, so commands are never stuck behind
-   us for long.
+   lock_timeout (500 ms); on timeout we catch up once more and retry, so commands are never stuck
+   behind us for long. An autovacuum of a live table holds a lock that only a wait longer than
+   deadlock_timeout makes PostgreSQL cancel, so while one is in the way the next try waits that
+   long.
 `--verify` instead compares rebuilt and live tables row by row inside one REPEATABLE READ
 snapshot, after re-folding the delta up to that snapshot (inline rows commit with their events,
 so a snapshot sees both consistently). Nothing is swapped.
@@ -41,7 +43,7 @@ import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import asyncpg
@@ -70,7 +72,7 @@ YIELD_EVENTS: Final = 500  # events folded between turns of the event loop
 SMALL_DELTA: Final = 200
 MAX_CATCH_UP_ROUNDS: Final = 8
 MAX_SWAP_ATTEMPTS: Final = 30
-SWAP_LOCK_TIMEOUT: Final = "500ms"
+SWAP_LOCK_TIMEOUT: Final = 500  # ms
 SHOWN_DIFFERENCES: Final = 20
 
 # progress(stage, advance, total): total is set once per stage, then advance is reported.
@@ -472,16 +474,31 @@ async def _verify(
 # ── swap ─────────────────────────────────────────────────────────────────────
 
 
+async def _autovacuum_in_the_way(conn: asyncpg.Connection, chosen: Sequence[Target]) -> int | None:
+    """When an autovacuum worker holds a lock on one of the live tables (a table a replay swapped
+    in gets vacuumed soon after: every row is new), the lock wait that makes PostgreSQL cancel
+    it, in ms: its deadlock_timeout and a little more. A wait shorter than that never cancels it,
+    so the swap would keep timing out until the vacuum is done. None when no worker is there."""
+    waited = await conn.fetchval(
+        "SELECT current_setting('deadlock_timeout')::interval FROM pg_locks l "
+        "JOIN pg_stat_activity a ON a.pid = l.pid WHERE a.backend_type = 'autovacuum worker' "
+        "AND l.relation = ANY($1::regclass[]) LIMIT 1",
+        [t.table for t in chosen],
+    )
+    return None if waited is None else int(waited.total_seconds() * 1000) + SWAP_LOCK_TIMEOUT
+
+
 async def _swap_once(
     conn: asyncpg.Connection,
     chosen: Sequence[Target],
     since: str | None,
     async_at: dict[str, Checkpoint],
     index_names: dict[str, dict[str, str]],
+    lock_timeout: int = SWAP_LOCK_TIMEOUT,
 ) -> None:
     inline = [t for t in chosen if t.inline is not None]
     async with conn.transaction():
-        await conn.execute(f"SET LOCAL lock_timeout = '{SWAP_LOCK_TIMEOUT}'")
+        await conn.execute(f"SET LOCAL lock_timeout = {int(lock_timeout)}")
         # Checkpoint rows before tables: the runner's batches lock in that order too.
         final: dict[str, Checkpoint] = {}
         for t in chosen:
@@ -517,6 +534,34 @@ async def _connect(url: str) -> asyncpg.Connection:
     return conn
 
 
+_PG_EPOCH: Final = datetime(2000, 1, 1, tzinfo=UTC)
+_MICROSECOND: Final = timedelta(microseconds=1)
+
+
+def _micros(at: datetime) -> tuple[int]:
+    # Exact for aware datetimes (every time a fold writes); a naive one raises TypeError.
+    return ((at - _PG_EPOCH) // _MICROSECOND,)
+
+
+def _from_micros(value: tuple[int]) -> datetime:
+    return _PG_EPOCH + timedelta(microseconds=value[0])
+
+
+async def _writer(url: str) -> asyncpg.Connection:
+    """A connection for the rebuild's writes. Its timestamptz values go as PostgreSQL's own
+    microseconds since 2000: asyncpg's built-in encoder (infinity checks, astimezone, a timedelta's
+    fields) costs twice this, and a bulk load sends four or more of them a row."""
+    conn = await _connect(url)
+    await conn.set_type_codec(
+        "timestamptz",
+        schema="pg_catalog",
+        encoder=_micros,
+        decoder=_from_micros,
+        format="tuple",
+    )
+    return conn
+
+
 async def replay(
     url: str,
     names: Sequence[str] | None = None,
@@ -535,8 +580,8 @@ async def replay(
             raise ReplayError("another `slotlog replay` is running against this database")
         async with contextlib.AsyncExitStack() as stack:
             conns: list[asyncpg.Connection] = []
-            for _ in range(1 + WRITERS):
-                conns.append(await _connect(url))
+            for connect in [_connect] + [_writer] * WRITERS:
+                conns.append(await connect(url))
                 stack.push_async_callback(conns[-1].close)
             read, writers = conns[0], conns[1:]
             try:
@@ -606,11 +651,13 @@ async def _run(
     if verify:
         await _verify(admin, chosen, since, async_at, result)
         return
+    lock_timeout = SWAP_LOCK_TIMEOUT
     for attempt in range(1, MAX_SWAP_ATTEMPTS + 1):
         result.swap_attempts = attempt
         try:
-            await _swap_once(admin, chosen, since, async_at, index_names)
+            await _swap_once(admin, chosen, since, async_at, index_names, lock_timeout)
         except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError):
+            lock_timeout = await _autovacuum_in_the_way(admin, chosen) or SWAP_LOCK_TIMEOUT
             if inline and since is not None:
                 since = await _catch_up(read, write, inline, since, progress, result)
             for t in chosen:
