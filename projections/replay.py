@@ -527,9 +527,9 @@ async def _swap_once(
 # ── the whole replay ─────────────────────────────────────────────────────────
 
 
-async def _connect(url: str) -> asyncpg.Connection:
+async def _connect(url: str, **settings: str) -> asyncpg.Connection:
     conn: asyncpg.Connection = await asyncpg.connect(
-        url, server_settings={"application_name": "slotlog:replay"}
+        url, server_settings={"application_name": "slotlog:replay", **settings}
     )
     return conn
 
@@ -548,10 +548,13 @@ def _from_micros(value: tuple[int]) -> datetime:
 
 
 async def _writer(url: str) -> asyncpg.Connection:
-    """A connection for the rebuild's writes. Its timestamptz values go as PostgreSQL's own
-    microseconds since 2000: asyncpg's built-in encoder (infinity checks, astimezone, a timedelta's
-    fields) costs twice this, and a bulk load sends four or more of them a row."""
-    conn = await _connect(url)
+    """A connection for the rebuild's writes (only ever into `<table>_rebuild`). Its commits do
+    not wait for their WAL to reach disk: nothing of a rebuild counts until the swap, whose own
+    commit does wait, and so makes every earlier write of the rebuild durable with it. Its
+    timestamptz values go as PostgreSQL's own microseconds since 2000: asyncpg's built-in encoder
+    (infinity checks, astimezone, a timedelta's fields) costs twice this, and a bulk load sends
+    four or more of them a row."""
+    conn = await _connect(url, synchronous_commit="off")
     await conn.set_type_codec(
         "timestamptz",
         schema="pg_catalog",
