@@ -118,7 +118,7 @@ async def run(bench: Bench) -> Section:
         ],
         notes=[
             f"7: replay {', '.join(result.projections)}; it read {result.events:,} events "
-            f"(asynchronous projections read the log again), {result.catch_up_rounds} catch-up "
+            f"(stats counts the log again, in PostgreSQL), {result.catch_up_rounds} catch-up "
             f"round(s), swapped={result.swapped} after {result.swap_attempts} attempt(s); "
             f"CPU in cores: {cpu.describe()}; "
             f"bare runs {bare_first:.2f} s and {bare_second:.2f} s"

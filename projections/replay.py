@@ -9,6 +9,8 @@ Inline read models (projections/readmodels.py; each row the fold of one stream):
    can append a stream's next version after waiting on the stream's row lock. Each stream comes
    as one row, its events as one JSON array (only what a fold reads: data, version, position,
    recorded_at), decoded in one call; reading, folding and COPY (on two connections) overlap.
+   A large log is cut into ranges of stream ids, one per CPU (up to 4): helper processes
+   (`python -m projections.replay`) fold all but the first in S0, exported to them.
 2. Catch up: the streams with events visible now but not in the previous snapshot
    (`transaction_id >= xmin(S) AND NOT pg_visible_in_snapshot(transaction_id, S)`) are re-folded
    whole into the fresh table (idempotent), until the remaining delta is small.
@@ -40,6 +42,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import os
+import re
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -69,6 +75,10 @@ MAX_FETCH: Final = 10_000  # streams
 COPY_CHUNK: Final = 1000  # rows per COPY
 WRITERS: Final = 2  # connections that COPY, so that encoding a chunk overlaps loading one
 YIELD_EVENTS: Final = 500  # events folded between turns of the event loop
+FOLD_PROCESSES: Final = 4  # at most; never more than the CPUs
+CPUS: Final = os.cpu_count() or 1
+PARALLEL_FOLD_EVENTS: Final = 200_000  # smaller logs fold in one process (a helper takes ~0.3 s)
+HELPER_PROGRESS: Final = 20_000  # events between a helper's progress reports
 SMALL_DELTA: Final = 200
 MAX_CATCH_UP_ROUNDS: Final = 8
 MAX_SWAP_ATTEMPTS: Final = 30
@@ -129,6 +139,7 @@ class Result:
     differences: list[Difference] = field(default_factory=list)
     differing_rows: dict[str, int] = field(default_factory=dict)
     swapped: bool = False
+    fold_processes: int = 0
 
     @property
     def events_per_second(self) -> float:
@@ -165,17 +176,8 @@ class Logged(msgspec.Struct, array_like=True, frozen=True):
 
 
 _STREAM: Final = msgspec.json.Decoder(list[Logged])
-
-# One row per stream, its events as one JSON array in version order: PostgreSQL renders the JSON
-# (as the bare read does), and this process decodes a stream in one call.
 _COUNT_SQL: Final = (
     "SELECT count(*) FROM events WHERE split_part(stream_id, ':', 2) = ANY($1::text[])"
-)
-_STREAMS_SQL: Final = (
-    "SELECT stream_id, json_agg(json_build_array(data, version, position, recorded_at) "
-    "ORDER BY version)::text FROM events "
-    "WHERE split_part(stream_id, ':', 2) = ANY($1::text[]) "
-    "GROUP BY stream_id ORDER BY stream_id"
 )
 
 
@@ -283,17 +285,95 @@ async def _create_indexes(conn: asyncpg.Connection, t: Target) -> dict[str, str]
 
 
 async def _fold_all(
+    url: str,
     read: asyncpg.Connection,
     writers: Sequence[asyncpg.Connection],
     inline: Sequence[Target],
     progress: Progress,
-) -> tuple[str, int]:
+) -> tuple[str, int, int]:
     """Phase 1: fold every stream of the inline projections in snapshot S0, COPY the rows.
-    Returns (S0, events read). PostgreSQL, this process and the COPY overlap: the next chunk of
-    streams is requested before the current one is folded, the fold yields to the event loop
-    every few streams (so that both connections' sockets are served), and the rows go to the
-    writer through a small queue."""
-    kinds = _kinds(inline)
+    Returns (S0, events read, processes that folded). A large log is split into ranges of stream
+    ids of about equal size, one per CPU (at most FOLD_PROCESSES): this process folds the first,
+    helper processes (`python -m projections.replay`) fold the others in the same snapshot,
+    exported to them."""
+    async with read.transaction(isolation="repeatable_read", readonly=True):
+        snapshot = await _snapshot(read)
+        ranges = await _ranges(read)
+        helpers: list[asyncio.Task[int]] = []
+        if len(ranges) > 1:
+            exported = await read.fetchval("SELECT pg_export_snapshot()")
+            helpers = [
+                asyncio.create_task(_fold_elsewhere(url, exported, inline, lo, hi, progress))
+                for lo, hi in ranges[1:]
+            ]
+        try:
+            events = await _fold_range(read, writers, inline, progress, *ranges[0])
+            # Our transaction stays open until every helper is done: it keeps the exported
+            # snapshot valid for them.
+            for helper in helpers:
+                events += await helper
+        finally:
+            for helper in helpers:
+                helper.cancel()
+                with contextlib.suppress(BaseException):
+                    await helper
+    return snapshot, events, len(ranges)
+
+
+async def _ranges(read: asyncpg.Connection) -> list[tuple[str | None, str | None]]:
+    """[lo, hi) ranges of stream ids holding about equal numbers of events, one per fold
+    process, cut at the planner's histogram of events.stream_id (free to read); one range, the
+    whole log, when the log is small, there is one CPU, or the histogram is missing."""
+    processes = min(FOLD_PROCESSES, CPUS)
+    if processes < 2:
+        return [(None, None)]
+    row = await read.fetchrow(
+        "SELECT c.reltuples, s.histogram_bounds::text::text[] FROM pg_class c "
+        "LEFT JOIN pg_stats s ON s.schemaname = c.relnamespace::regnamespace::text "
+        "AND s.tablename = c.relname AND s.attname = 'stream_id' "
+        "WHERE c.oid = 'events'::regclass"
+    )
+    if row is None or row[0] < PARALLEL_FOLD_EVENTS or not row[1]:
+        return [(None, None)]
+    bounds: list[str] = row[1]
+    cuts = sorted({bounds[len(bounds) * i // processes] for i in range(1, processes)})
+    edges: list[str | None] = [None, *cuts, None]
+    return list(itertools.pairwise(edges))
+
+
+def _streams_query(kinds: list[str], lo: str | None, hi: str | None) -> tuple[str, list[Any]]:
+    """One row per stream of `kinds` in [lo, hi), its events as one JSON array in version order:
+    PostgreSQL renders the JSON (as the bare read does), and the fold decodes a stream in one
+    call."""
+    args: list[Any] = [kinds]
+    where = "split_part(stream_id, ':', 2) = ANY($1::text[])"
+    if lo is not None:
+        args.append(lo)
+        where += f" AND stream_id >= ${len(args)}"
+    if hi is not None:
+        args.append(hi)
+        where += f" AND stream_id < ${len(args)}"
+    sql = (
+        "SELECT stream_id, json_agg(json_build_array(data, version, position, recorded_at) "
+        f"ORDER BY version)::text FROM events WHERE {where} "
+        "GROUP BY stream_id ORDER BY stream_id"
+    )
+    return sql, args
+
+
+async def _fold_range(
+    read: asyncpg.Connection,
+    writers: Sequence[asyncpg.Connection],
+    inline: Sequence[Target],
+    progress: Progress,
+    lo: str | None,
+    hi: str | None,
+) -> int:
+    """Fold the streams in [lo, hi) in the snapshot of `read`'s open transaction and COPY the
+    rows; returns the events read. PostgreSQL, this process and the COPY overlap: the next chunk
+    of streams is requested before the current one is folded, the fold yields to the event loop
+    every few hundred events (so that every connection's socket is served), and the rows go to
+    the writers through a small queue."""
     by_kind = {t.inline.stream_kind: t for t in inline if t.inline is not None}
     queue: asyncio.Queue[tuple[Target, list[Row]] | None] = asyncio.Queue(maxsize=4)
 
@@ -306,44 +386,43 @@ async def _fold_all(
     writing = asyncio.gather(*(writer(w) for w in writers))
     events = shown = 0
     try:
-        async with read.transaction(isolation="repeatable_read", readonly=True):
-            snapshot = await _snapshot(read)
-            # Rows in index order as they come, not after a sort of the whole log (which the
-            # planner may pick, misjudging the kind filter): first rows at once, little memory.
-            await read.execute("SET LOCAL enable_sort = off")
-            buffers: dict[str, list[Row]] = {t.name: [] for t in inline}
-            cursor = await read.cursor(_STREAMS_SQL, kinds)
-            size = 64  # streams per fetch, adapted to their length (FETCH_EVENTS a fetch)
-            fetching = asyncio.ensure_future(cursor.fetch(size))
-            try:
-                while rows := await fetching:
-                    fetching = asyncio.ensure_future(cursor.fetch(size))
-                    before = events
-                    for stream_id, text in rows:
-                        stream = _STREAM.decode(text)
-                        t = by_kind[streams.kind_of(stream_id)]
-                        assert t.inline is not None
-                        buffer = buffers[t.name]
-                        buffer.extend(t.inline.fold(stream_id, stream))
-                        events += len(stream)
-                        if len(buffer) >= COPY_CHUNK:
-                            await queue.put((t, buffer))
-                            buffers[t.name] = []
-                        if events - shown >= YIELD_EVENTS:
-                            progress("fold", events - shown, None)
-                            shown = events
-                            await asyncio.sleep(0)  # let both sockets be served
-                    size = max(1, min(MAX_FETCH, FETCH_EVENTS * len(rows) // (events - before)))
-                    if writing.done():
-                        break  # the writer failed: stop reading, raise below
-            finally:
-                # The connection must be idle before the transaction ends.
-                with contextlib.suppress(Exception):
-                    await fetching
-            progress("fold", events - shown, None)
-            for t in inline:
-                if buffers[t.name]:
-                    await queue.put((t, buffers[t.name]))
+        # Rows in index order as they come, not after a sort of the whole log (which the
+        # planner may pick, misjudging the kind filter): first rows at once, little memory.
+        await read.execute("SET LOCAL enable_sort = off")
+        buffers: dict[str, list[Row]] = {t.name: [] for t in inline}
+        sql, args = _streams_query(_kinds(inline), lo, hi)
+        cursor = await read.cursor(sql, *args)
+        size = 64  # streams per fetch, adapted to their length (FETCH_EVENTS a fetch)
+        fetching = asyncio.ensure_future(cursor.fetch(size))
+        try:
+            while rows := await fetching:
+                fetching = asyncio.ensure_future(cursor.fetch(size))
+                before = events
+                for stream_id, text in rows:
+                    stream = _STREAM.decode(text)
+                    t = by_kind[streams.kind_of(stream_id)]
+                    assert t.inline is not None
+                    buffer = buffers[t.name]
+                    buffer.extend(t.inline.fold(stream_id, stream))
+                    events += len(stream)
+                    if len(buffer) >= COPY_CHUNK:
+                        await queue.put((t, buffer))
+                        buffers[t.name] = []
+                    if events - shown >= YIELD_EVENTS:
+                        progress("fold", events - shown, None)
+                        shown = events
+                        await asyncio.sleep(0)  # let every socket be served
+                size = max(1, min(MAX_FETCH, FETCH_EVENTS * len(rows) // (events - before)))
+                if writing.done():
+                    break  # a writer failed: stop reading, raise below
+        finally:
+            # The connection must be idle before the transaction ends.
+            with contextlib.suppress(Exception):
+                await fetching
+        progress("fold", events - shown, None)
+        for t in inline:
+            if buffers[t.name]:
+                await queue.put((t, buffers[t.name]))
         for _ in writers:
             await queue.put(None)
         await writing
@@ -352,7 +431,99 @@ async def _fold_all(
             writing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await writing
-    return snapshot, events
+    return events
+
+
+# ── helper processes ─────────────────────────────────────────────────────────
+
+
+async def _fold_elsewhere(
+    url: str,
+    snapshot: str,
+    inline: Sequence[Target],
+    lo: str | None,
+    hi: str | None,
+    progress: Progress,
+) -> int:
+    """Fold the streams in [lo, hi) in a helper process (a fresh interpreter: nothing of this one
+    is shared or re-run), in the exported `snapshot`; its progress is reported here. Returns the
+    events it read."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "projections.replay",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        # The URL may hold a password: on stdin, not in the process list.
+        request = _Part(url, snapshot, [t.name for t in inline], lo, hi)
+        proc.stdin.write(msgspec.json.encode(request) + b"\n")
+        await proc.stdin.drain()
+        proc.stdin.close()
+        done: int | None = None
+        async for line in proc.stdout:
+            kind, n = msgspec.json.decode(line, type=tuple[str, int])
+            if kind == "progress":
+                progress("fold", n, None)
+            else:
+                done = n
+        code = await proc.wait()
+        if code != 0 or done is None:
+            raise ReplayError(
+                f"the helper process folding streams from {lo or 'the first'} to "
+                f"{hi or 'the last'} failed (exit status {code})"
+            )
+        return done
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+class _Part(msgspec.Struct, array_like=True, frozen=True):
+    """What a helper process folds (sent on its stdin)."""
+
+    url: str
+    snapshot: str
+    names: list[str]
+    lo: str | None
+    hi: str | None
+
+
+async def _fold_part(part: _Part, progress: Progress) -> int:
+    """A helper process's work: its range, in the snapshot the replay exported."""
+    if not re.fullmatch(r"[0-9A-Fa-f-]+", part.snapshot):
+        raise ReplayError(f"not a snapshot id: {part.snapshot!r}")
+    inline = [t for t in targets(part.names) if t.inline is not None]
+    async with contextlib.AsyncExitStack() as stack:
+        read, writers = await _open(stack, part.url)
+        async with read.transaction(isolation="repeatable_read", readonly=True):
+            await read.execute(f"SET TRANSACTION SNAPSHOT '{part.snapshot}'")
+            return await _fold_range(read, writers, inline, progress, part.lo, part.hi)
+
+
+def _helper_main() -> None:
+    """`python -m projections.replay`: fold the part described on stdin; report on stdout
+    ["progress", events] now and then and ["done", events] at the end."""
+    part = msgspec.json.decode(sys.stdin.buffer.readline(), type=_Part)
+    out = sys.stdout.buffer
+    pending = 0
+
+    def report(stage: str, advance: int, total: int | None) -> None:
+        nonlocal pending
+        pending += advance
+        if pending >= HELPER_PROGRESS:
+            out.write(msgspec.json.encode(("progress", pending)) + b"\n")
+            out.flush()
+            pending = 0
+
+    events = asyncio.run(_fold_part(part, report))
+    out.write(msgspec.json.encode(("progress", pending)) + b"\n")
+    out.write(msgspec.json.encode(("done", events)) + b"\n")
+    out.flush()
 
 
 async def _catch_up(
@@ -565,6 +736,17 @@ async def _writer(url: str) -> asyncpg.Connection:
     return conn
 
 
+async def _open(
+    stack: contextlib.AsyncExitStack, url: str
+) -> tuple[asyncpg.Connection, list[asyncpg.Connection]]:
+    """A reading connection and WRITERS writing ones, closed with `stack`."""
+    conns: list[asyncpg.Connection] = []
+    for connect in [_connect] + [_writer] * WRITERS:
+        conns.append(await connect(url))
+        stack.push_async_callback(conns[-1].close)
+    return conns[0], conns[1:]
+
+
 async def replay(
     url: str,
     names: Sequence[str] | None = None,
@@ -582,13 +764,9 @@ async def replay(
         if not await admin.fetchval("SELECT pg_try_advisory_lock($1)", REPLAY_LOCK):
             raise ReplayError("another `slotlog replay` is running against this database")
         async with contextlib.AsyncExitStack() as stack:
-            conns: list[asyncpg.Connection] = []
-            for connect in [_connect] + [_writer] * WRITERS:
-                conns.append(await connect(url))
-                stack.push_async_callback(conns[-1].close)
-            read, writers = conns[0], conns[1:]
+            read, writers = await _open(stack, url)
             try:
-                await _run(admin, read, writers, chosen, verify, progress, result)
+                await _run(url, admin, read, writers, chosen, verify, progress, result)
             finally:
                 with contextlib.suppress(Exception):
                     if verify or not result.swapped:
@@ -600,6 +778,7 @@ async def replay(
 
 
 async def _run(
+    url: str,
     admin: asyncpg.Connection,
     read: asyncpg.Connection,
     writers: Sequence[asyncpg.Connection],
@@ -635,7 +814,7 @@ async def _run(
     since: str | None = None
     try:
         if inline:
-            since, n = await _fold_all(read, writers, inline, progress)
+            since, n, result.fold_processes = await _fold_all(url, read, writers, inline, progress)
             result.events += n
     except Exception:
         with contextlib.suppress(Exception):
@@ -673,3 +852,7 @@ async def _run(
         result.swapped = True
         return
     raise ReplayError(f"could not take the table locks for the swap in {MAX_SWAP_ATTEMPTS} tries")
+
+
+if __name__ == "__main__":
+    _helper_main()

@@ -8,7 +8,9 @@ import asyncio
 import re
 
 import asyncpg
+import pytest
 
+from projections import replay as rebuild
 from projections.replay import REPLAY_LOCK, replay
 from projections.runner import ProjectionRunner
 from service.db import migrate
@@ -110,6 +112,30 @@ async def test_replay_swaps_in_while_commands_keep_writing(
     assert not await pool.fetchval(
         "SELECT count(*) FROM pg_tables WHERE tablename LIKE '%\\_rebuild'"
     )
+
+
+async def test_a_large_log_is_folded_by_helper_processes_into_the_same_tables(
+    pool: asyncpg.Pool, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = await workload(pool, seed=7)
+    await w.run(600)
+    await settled(pool)
+    await ProjectionRunner(pool).catch_up()
+    await pool.execute("ANALYZE events")  # the histogram the ranges are cut at
+    # This log counts as large, and the machine as having three CPUs.
+    monkeypatch.setattr(rebuild, "PARALLEL_FOLD_EVENTS", 0)
+    monkeypatch.setattr(rebuild, "CPUS", 3)
+    logged = await pool.fetchval("SELECT count(*) FROM events")
+    check = await replay(database_url, verify=True)
+    assert check.fold_processes == 3
+    assert check.differences == [], [str(d) for d in check.differences]
+    assert check.events >= logged  # the helpers' events count too
+    result = await replay(database_url)
+    assert result.swapped and result.fold_processes == 3
+    monkeypatch.setattr(rebuild, "CPUS", 1)
+    check = await replay(database_url, verify=True)
+    assert check.fold_processes == 1
+    assert check.differences == [], [str(d) for d in check.differences]
 
 
 async def test_rebuilding_stats_sets_its_checkpoint_in_the_same_swap(
