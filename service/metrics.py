@@ -5,6 +5,7 @@ In-process (per process; with several uvicorn workers each scrape sees the worke
 it, so sum over instances or scrape each worker — see README "Operations"):
 `slotlog_http_requests_total{method,route,status}`, `slotlog_http_request_duration_seconds`,
 `slotlog_events_appended_total`, `slotlog_version_conflicts_total`, `slotlog_command_retries_total`,
+`slotlog_decision_cache_lookups_total{result}`,
 `slotlog_worker_leading{worker}`, `slotlog_webhook_attempts_total{result}`.
 From the database (cluster-wide, refreshed by each scrape): projection lag in events and seconds,
 the age of the oldest open transaction (the xmin horizon that holds every subscriber of the log
@@ -43,10 +44,19 @@ class _CommandCounters(Collector):
         retries = CounterMetricFamily(
             "slotlog_command_retries", "Commands re-decided after a version conflict"
         )
+        recalled = CounterMetricFamily(
+            "slotlog_decision_cache_lookups",
+            "Streams a decision looked up in the process's memory (service/cache.py), by result",
+            labels=["result"],
+        )
         conflicts.add_metric([], self.commands.conflicts if self.commands else 0)
         retries.add_metric([], self.commands.retries if self.commands else 0)
+        cache = self.commands.cache if self.commands else None
+        recalled.add_metric(["hit"], cache.hits if cache else 0)
+        recalled.add_metric(["miss"], cache.misses if cache else 0)
         yield conflicts
         yield retries
+        yield recalled
 
 
 class Metrics:

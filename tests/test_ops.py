@@ -20,7 +20,7 @@ from service.events import EventMeta, ResourceUpserted
 from service.handler import Decide, Reader
 from service.webhooks import Settings, WebhookSender
 from tests.conftest import Api
-from tests.helpers import at, hold, resource, service, weekday_ahead
+from tests.helpers import at, hold, iso, resource, service, weekday_ahead
 from tests.settle import settled
 
 
@@ -150,6 +150,23 @@ class TestMetrics:
         )
         assert m[("slotlog_version_conflicts_total", ())] >= 1
         assert m[("slotlog_command_retries_total", ())] >= 1
+
+    async def test_decision_cache_lookups(self, api: Api) -> None:
+        await resource(api, "desk")
+        r = await api.put(
+            "/v1/services/chat", {"name": "Chat", "duration_minutes": 30, "resources": ["desk"]}
+        )
+        assert r.status_code == 200, r.text
+        before = await scrape(api)
+        day = weekday_ahead(2)
+        for hhmm in ("09:00", "10:00"):  # the second hold decides on what the first left
+            held = await api.post("/v1/bookings", {"service": "chat", "start": iso(at(day, hhmm))})
+            assert held.status_code == 201, held.text
+        m = await scrape(api)
+        hits = ("slotlog_decision_cache_lookups_total", (("result", "hit"),))
+        misses = ("slotlog_decision_cache_lookups_total", (("result", "miss"),))
+        assert m[hits] - before.get(hits, 0) >= 3  # the service, the resource, the day
+        assert m[misses] >= 1
 
     async def test_lag_oldest_transaction_and_webhook_backlog(
         self, api: Api, app: Starlette, database_url: str
