@@ -27,6 +27,7 @@ from service.events import (
     SessionScheduled,
     TimeClaimed,
 )
+from service.memo import ByIdentity
 from service.store import PENDING
 
 S = TypeVar("S")
@@ -282,13 +283,8 @@ class BusyProjection(Projection[DayLedger]):
         return state
 
     def rows(self, stream_id: str, state: DayLedger) -> list[Row]:
-        out: list[Row] = []
-        for c in sorted(state.claims.values(), key=_CLAIM_ID):
-            known = _CLAIM_ROWS.get(id(c))
-            if known is not None and known[0] is c:
-                out.append(known[1])
-                continue
-            row = (
+        def row(c: TimeClaimed) -> Row:
+            return (
                 tenant_of(stream_id),
                 c.resource_id,
                 date.fromisoformat(c.day),
@@ -300,18 +296,15 @@ class BusyProjection(Projection[DayLedger]):
                 c.block_end,
                 c.expires_at,
             )
-            if len(_CLAIM_ROWS) >= 100_000:
-                _CLAIM_ROWS.clear()
-            _CLAIM_ROWS[id(c)] = (c, row)
-            out.append(row)
-        return out
+
+        return [_CLAIM_ROWS.get(c, row) for c in sorted(state.claims.values(), key=_CLAIM_ID)]
 
 
 _CLAIM_ID = operator.attrgetter("claim_id")
-#: A claim's row, by the claim's identity: a command folds its day ledger before and after its
-#: own events, and the claims it did not touch are the same immutable events (service/cache.py
-#: hands them back again and again), so their rows are built once. A claim lives in one stream.
-_CLAIM_ROWS: dict[int, tuple[TimeClaimed, Row]] = {}
+#: A claim's row, built once per claim (service/memo.py): a command folds its day ledger before
+#: and after its own events, and the claims it did not touch are the same immutable events, so
+#: only rows of claims it touched are built. A claim lives in one stream.
+_CLAIM_ROWS: ByIdentity[TimeClaimed, Row] = ByIdentity(100_000)
 
 
 class SessionsProjection(Projection[SessionState]):

@@ -72,6 +72,7 @@ from service.events import (
     TimeClaimed,
     TimeReleased,
 )
+from service.memo import ByIdentity
 
 Status = Literal["held", "pending", "confirmed", "cancelled", "rejected", "expired"]
 ACTIVE: frozenset[str] = frozenset({"held", "pending", "confirmed"})
@@ -224,21 +225,13 @@ class DayLedger:
         return [busy_entry(c) for c in self.claims.values() if c.claim_id != excluding]
 
 
-#: TimeClaimed -> Busy, by identity (claims are immutable, and a process decides on the same
-#: remembered claims again and again: service/cache.py); bounded, cleared when full.
-_BUSY: dict[int, tuple[TimeClaimed, Busy]] = {}
+#: A claim's Busy entry, built once per claim (service/memo.py).
+_BUSY: ByIdentity[TimeClaimed, Busy] = ByIdentity(200_000)
 
 
 def busy_entry(c: TimeClaimed) -> Busy:
     """The busy entry of a claim."""
-    known = _BUSY.get(id(c))
-    if known is not None and known[0] is c:
-        return known[1]
-    if len(_BUSY) >= 200_000:
-        _BUSY.clear()
-    b = Busy(c.start, c.end, c.block_start, c.block_end, c.expires_at)
-    _BUSY[id(c)] = (c, b)
-    return b
+    return _BUSY.get(c, lambda c: Busy(c.start, c.end, c.block_start, c.block_end, c.expires_at))
 
 
 @dataclass(slots=True)

@@ -141,10 +141,12 @@ class Reader:
         cache = self.cache
         if cache is None:
             return
+        # Streams served from the cache and not written are there already, unchanged.
         for s in self.whole:
-            cache.put_full(s, done.stream(s))
+            if s in done.new or s not in self.checks:
+                cache.put_full(s, done.stream(s))
         for s, rec in self.newest.items():
-            if s not in done.new:
+            if s not in done.new and s not in self.checks:
                 cache.put_latest(s, rec)
         for s, events in done.new.items():
             if s not in self.whole and events:
@@ -231,7 +233,6 @@ class Commands:
         stored = await find_idempotent(self.pool, meta.tenant, idem)
         if stored is not None:
             return stored
-        recall = recall and self.cache is not None
         attempt = 0
         while attempt < MAX_ATTEMPTS:
             reader: Reader | None = None
