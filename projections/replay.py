@@ -590,16 +590,70 @@ def _key_of(
     return {k: row[k] for k in t.key}
 
 
+async def _differ(conn: asyncpg.Connection, t: Target, *, as_json: bool = True) -> str:
+    """The condition on live row `l` and rebuilt row `r` that they differ in some column. Text
+    columns that hold JSON (Projection.json_text) are compared `as_json`, so that the same value
+    rendered by jsonb (earlier schema versions stored them as jsonb) and by the fold compare
+    equal."""
+    json_text = t.inline.json_text if t.inline is not None and as_json else ()
+    if not json_text:
+        return "ROW(l.*) IS DISTINCT FROM ROW(r.*)"
+    columns: list[str] = [
+        r[0]
+        for r in await conn.fetch(
+            "SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 "
+            "AND NOT attisdropped ORDER BY attnum",
+            t.table,
+        )
+    ]
+    plain = [c for c in columns if c not in json_text]
+    left = ", ".join(f"l.{c}" for c in plain)
+    right = ", ".join(f"r.{c}" for c in plain)
+    differ = [f"ROW({left}) IS DISTINCT FROM ROW({right})"] + [
+        # Parsed only where the texts differ (CASE evaluates in order).
+        f"CASE WHEN l.{c} IS NOT DISTINCT FROM r.{c} THEN false "
+        f"ELSE l.{c}::jsonb IS DISTINCT FROM r.{c}::jsonb END"
+        for c in json_text
+    ]
+    return f"({' OR '.join(differ)})"
+
+
+def _same(t: Target, column: str, live: Any, rebuilt: Any) -> bool:
+    """Whether a column of a live and a rebuilt row (decoded from to_jsonb) holds the same."""
+    if live == rebuilt:
+        return True
+    if t.inline is None or column not in t.inline.json_text:
+        return False
+    if not isinstance(live, str) or not isinstance(rebuilt, str):
+        return False
+    try:
+        same: bool = msgspec.json.decode(live) == msgspec.json.decode(rebuilt)
+    except msgspec.DecodeError:
+        return False
+    return same
+
+
+async def _count_differing(conn: asyncpg.Connection, t: Target, on: str) -> tuple[int, str]:
+    """(rows that differ, the condition that found them). A JSON column whose text is not JSON
+    (written by hand) cannot be compared as JSON: then every column is compared as text."""
+    sql = f"SELECT count(*) FROM {t.table} l FULL JOIN {t.rebuild} r ON {on} WHERE "
+    where = await _differ(conn, t)
+    try:
+        async with conn.transaction():  # a savepoint: the snapshot's transaction goes on
+            count = await conn.fetchval(sql + where)
+    except asyncpg.InvalidTextRepresentationError:
+        where = await _differ(conn, t, as_json=False)
+        count = await conn.fetchval(sql + where)
+    return int(count), where
+
+
 async def _compare(conn: asyncpg.Connection, t: Target, result: Result) -> None:
     on = " AND ".join(f"l.{k} = r.{k}" for k in t.key)
     order = ", ".join(f"coalesce(l.{k}, r.{k})" for k in t.key)
-    where = "ROW(l.*) IS DISTINCT FROM ROW(r.*)"
-    count = await conn.fetchval(
-        f"SELECT count(*) FROM {t.table} l FULL JOIN {t.rebuild} r ON {on} WHERE {where}"
-    )
+    count, where = await _count_differing(conn, t, on)
     if not count:
         return
-    result.differing_rows[t.table] = int(count)
+    result.differing_rows[t.table] = count
     rows = await conn.fetch(
         f"SELECT to_jsonb(l.*)::text AS live, to_jsonb(r.*)::text AS rebuilt "
         f"FROM {t.table} l FULL JOIN {t.rebuild} r ON {on} WHERE {where} "
@@ -613,7 +667,7 @@ async def _compare(conn: asyncpg.Connection, t: Target, result: Result) -> None:
         if live is None or rebuilt is None:
             result.differences.append(Difference(t.table, key, None, live, rebuilt))
             continue
-        columns = [c for c in live if live[c] != rebuilt.get(c)]
+        columns = [c for c in live if not _same(t, c, live[c], rebuilt.get(c))]
         for c in columns or ["?"]:
             result.differences.append(Difference(t.table, key, c, live.get(c), rebuilt.get(c)))
 
