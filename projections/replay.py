@@ -72,7 +72,7 @@ from service.store import Checkpoint
 REPLAY_LOCK: Final = 7320190
 READ_CHUNK: Final = 5000
 FETCH_EVENTS: Final = 4000  # events (rows) the fold asks for at a time
-COPY_CHUNK: Final = 1000  # rows per COPY
+COPY_CHUNK: Final = 5000  # rows per COPY
 WRITERS: Final = 2  # connections that COPY, so that encoding a chunk overlaps loading one
 YIELD_EVENTS: Final = 500  # events folded between turns of the event loop
 FOLD_PROCESSES: Final = 4  # at most; never more than the CPUs
