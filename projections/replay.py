@@ -6,9 +6,10 @@ Inline read models (projections/readmodels.py; each row the fold of one stream):
    (stream_id, version), fold each stream and COPY the rows into `<table>_rebuild` (created LIKE
    the live table, indexes added after the load). Per-stream version order matters: log order
    (transaction_id, position) does not preserve it, because a transaction that started earlier
-   can append a stream's next version after waiting on the stream's row lock. Each stream comes
-   as one row, its events as one JSON array (only what a fold reads: data, version, position,
-   recorded_at), decoded in one call; reading, folding and COPY (on two connections) overlap.
+   can append a stream's next version after waiting on the stream's row lock. Each event comes
+   as one row with only what a fold reads (data as text, as a bare read renders it, version,
+   position, recorded_at), grouped into streams here; reading, folding and COPY (on two
+   connections) overlap. The indexes are built side by side, one build per CPU.
    A large log is cut into ranges of stream ids, one per CPU (up to 4): helper processes
    (`python -m projections.replay`) fold all but the first in S0, exported to them.
 2. Catch up: the streams with events visible now but not in the previous snapshot
@@ -444,7 +445,7 @@ async def _fold_range(
 ) -> int:
     """Fold the streams in [lo, hi) in the snapshot of `read`'s open transaction and COPY the
     rows; returns the events read. PostgreSQL, this process and the COPY overlap: the next chunk
-    of streams is requested before the current one is folded, the fold yields to the event loop
+    of events is requested before the current one is folded, the fold yields to the event loop
     every few hundred events (so that every connection's socket is served), and the rows go to
     the writers through a small queue."""
     by_kind = {t.inline.stream_kind: t for t in inline if t.inline is not None}
