@@ -6,9 +6,10 @@ Inline read models (projections/readmodels.py; each row the fold of one stream):
    (stream_id, version), fold each stream and COPY the rows into `<table>_rebuild` (created LIKE
    the live table, indexes added after the load). Per-stream version order matters: log order
    (transaction_id, position) does not preserve it, because a transaction that started earlier
-   can append a stream's next version after waiting on the stream's row lock. Each stream comes
-   as one row, its events as one JSON array (only what a fold reads: data, version, position,
-   recorded_at), decoded in one call; reading, folding and COPY (on two connections) overlap.
+   can append a stream's next version after waiting on the stream's row lock. Each event comes
+   as one row with only what a fold reads (data as text, as a bare read renders it, version,
+   position, recorded_at), grouped into streams here; reading, folding and COPY (on two
+   connections) overlap. The indexes are built side by side, one build per CPU.
    A large log is cut into ranges of stream ids, one per CPU (up to 4): helper processes
    (`python -m projections.replay`) fold all but the first in S0, exported to them.
 2. Catch up: the streams with events visible now but not in the previous snapshot
@@ -43,11 +44,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import operator
 import os
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -65,14 +67,13 @@ from projections.runner import (
     save_checkpoint,
 )
 from service import store, streams
-from service.events import AnyEvent
+from service.events import DECODER, AnyEvent
 from service.store import Checkpoint
 
 REPLAY_LOCK: Final = 7320190
 READ_CHUNK: Final = 5000
-FETCH_EVENTS: Final = 4000  # events the fold asks for at a time (whole streams)
-MAX_FETCH: Final = 10_000  # streams
-COPY_CHUNK: Final = 1000  # rows per COPY
+FETCH_EVENTS: Final = 4000  # events (rows) the fold asks for at a time
+COPY_CHUNK: Final = 5000  # rows per COPY
 WRITERS: Final = 2  # connections that COPY, so that encoding a chunk overlaps loading one
 YIELD_EVENTS: Final = 500  # events folded between turns of the event loop
 FOLD_PROCESSES: Final = 4  # at most; never more than the CPUs
@@ -165,9 +166,9 @@ def targets(names: Sequence[str] | None = None) -> list[Target]:
 # ── reading ──────────────────────────────────────────────────────────────────
 
 
-class Logged(msgspec.Struct, array_like=True, frozen=True):
-    """One event as a fold reads it (projections.readmodels.Recorded), decoded straight from the
-    JSON array PostgreSQL builds for it: no metadata, no per-event row."""
+class Logged(msgspec.Struct, frozen=True):
+    """One event as a fold reads it (projections.readmodels.Recorded), made from one row of
+    the streams query: no metadata."""
 
     event: AnyEvent
     version: int
@@ -175,7 +176,8 @@ class Logged(msgspec.Struct, array_like=True, frozen=True):
     recorded_at: datetime
 
 
-_STREAM: Final = msgspec.json.Decoder(list[Logged])
+_EVENT: Final = DECODER.decode
+_STREAM_ID: Final = operator.itemgetter(0)
 _COUNT_SQL: Final = (
     "SELECT count(*) FROM events WHERE split_part(stream_id, ':', 2) = ANY($1::text[])"
 )
@@ -240,39 +242,62 @@ def _rebuild_index_name(name: str) -> str:
     return f"{name[:56]}_rebuild"
 
 
-async def _create_indexes(conn: asyncpg.Connection, t: Target) -> dict[str, str]:
-    """Give the rebuild table the live table's indexes and key constraints under neutral names;
-    returns {rebuild index name: live index name} for the swap."""
+@dataclass(frozen=True, slots=True)
+class _Index:
+    """One of a live table's indexes, to build on its rebuild table under a neutral name."""
+
+    target: Target
+    name: str  # on the rebuild table
+    live: str  # the live index it becomes at the swap
+    create: str
+    constraint: str | None  # ALTER TABLE … USING INDEX, for a key constraint's index
+    cost: float  # a guess, to start the longest builds first
+
+
+async def _indexes(conn: asyncpg.Connection, t: Target) -> list[_Index]:
+    """The live table's indexes and key constraints, as builds for the rebuild table. A build's
+    cost is guessed from the rows (1 % of the table's pages, sampled) and the key's columns
+    (each compared in the sort); a partial index, reading the whole table but sorting little,
+    counts for a quarter."""
     rows = await conn.fetch(
         "SELECT ic.relname AS name, i.indisunique AS is_unique, pg_get_indexdef(i.indexrelid) "
-        "AS def, c.contype::text AS contype FROM pg_index i "
-        "JOIN pg_class ic ON ic.oid = i.indexrelid "
+        "AS def, c.contype::text AS contype, i.indnkeyatts AS columns, "
+        "i.indpred IS NOT NULL AS partial "
+        "FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid "
         "LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid "
         "WHERE i.indrelid = $1::regclass ORDER BY ic.relname",
         t.table,
     )
-    names: dict[str, str] = {}
+    sampled = await conn.fetchval(f"SELECT count(*) FROM {t.rebuild} TABLESAMPLE SYSTEM (1)")
+    out: list[_Index] = []
     for r in rows:
         new = _rebuild_index_name(r["name"])
         _, sep, rest = r["def"].partition(" USING ")
         if not sep:
             raise ReplayError(f"cannot copy index {r['name']}: {r['def']}")
         unique = "UNIQUE " if r["is_unique"] else ""
-        await conn.execute(f"DROP INDEX IF EXISTS {new}")
-        await conn.execute(f"CREATE {unique}INDEX {new} ON {t.rebuild} USING {rest}")
+        constraint: str | None = None
         if r["contype"] == "p":
-            await conn.execute(
+            constraint = (
                 f"ALTER TABLE {t.rebuild} ADD CONSTRAINT {new} PRIMARY KEY USING INDEX {new}"
             )
         elif r["contype"] == "u":
-            await conn.execute(
-                f"ALTER TABLE {t.rebuild} ADD CONSTRAINT {new} UNIQUE USING INDEX {new}"
-            )
+            constraint = f"ALTER TABLE {t.rebuild} ADD CONSTRAINT {new} UNIQUE USING INDEX {new}"
         elif r["contype"] is not None:
             raise ReplayError(f"cannot copy constraint index {r['name']} ({r['contype']})")
-        names[new] = r["name"]
-    # Statistics for the columns the indexes serve (the planner's choices); ANALYZE of the
-    # large JSON columns would cost more than the rest of the swap and serves no query.
+        create = f"CREATE {unique}INDEX {new} ON {t.rebuild} USING {rest}"
+        cost = sampled * r["columns"] * (0.25 if r["partial"] else 1.0)
+        out.append(_Index(t, new, r["name"], create, constraint, cost))
+    return out
+
+
+async def _finish_indexes(conn: asyncpg.Connection, t: Target, built: Sequence[_Index]) -> None:
+    """After the builds: the key constraints, and statistics for the columns the indexes serve
+    (the planner's choices); ANALYZE of the large JSON columns would cost more than the rest of
+    the swap and serves no query."""
+    for index in built:
+        if index.constraint is not None:
+            await conn.execute(index.constraint)
     columns = await conn.fetch(
         "SELECT DISTINCT a.attname FROM pg_index i JOIN pg_attribute a "
         "ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey::int2[]) "
@@ -281,7 +306,57 @@ async def _create_indexes(conn: asyncpg.Connection, t: Target) -> dict[str, str]
     )
     listed = ", ".join(r[0] for r in columns)
     await conn.execute(f"ANALYZE {t.rebuild}" + (f" ({listed})" if listed else ""))
-    return names
+
+
+async def _create_indexes(
+    conns: Sequence[asyncpg.Connection], chosen: Sequence[Target]
+) -> dict[str, dict[str, str]]:
+    """Give each rebuild table the live table's indexes and key constraints under neutral names;
+    returns {projection: {rebuild index name: live index name}} for the swap. The builds run
+    side by side on `conns` (CREATE INDEX on one table does not block another on it), the
+    longest first, each on one process (no parallel workers of its own: the
+    connections already keep the CPUs busy); then each table gets its constraints and
+    statistics."""
+    if not chosen:
+        return {}
+    plans = {t.name: await _indexes(conns[0], t) for t in chosen}
+    builds = sorted(
+        (index for plan in plans.values() for index in plan),
+        key=lambda index: (-index.cost, index.name),
+    )
+    todo: asyncio.Queue[_Index] = asyncio.Queue()
+    for index in builds:
+        todo.put_nowait(index)
+
+    async def build(conn: asyncpg.Connection) -> None:
+        if len(conns) > 1:
+            await conn.execute("SET max_parallel_maintenance_workers = 0")
+        try:
+            while not todo.empty():
+                index = todo.get_nowait()
+                await conn.execute(f"DROP INDEX IF EXISTS {index.name}")
+                await conn.execute(index.create)
+        finally:
+            if len(conns) > 1:
+                await conn.execute("RESET max_parallel_maintenance_workers")
+
+    await _all(build(c) for c in conns)
+    tables = iter(chosen)
+
+    async def finish(conn: asyncpg.Connection) -> None:
+        for t in tables:
+            await _finish_indexes(conn, t, plans[t.name])
+
+    await _all(finish(c) for c in conns)
+    return {t.name: {index.name: index.live for index in plans[t.name]} for t in chosen}
+
+
+async def _all(work: Iterable[Awaitable[None]]) -> None:
+    """Run `work` side by side, each to its end (its connection idle afterwards); raise the first
+    error."""
+    for outcome in await asyncio.gather(*work, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 async def _fold_all(
@@ -342,9 +417,9 @@ async def _ranges(read: asyncpg.Connection) -> list[tuple[str | None, str | None
 
 
 def _streams_query(kinds: list[str], lo: str | None, hi: str | None) -> tuple[str, list[Any]]:
-    """One row per stream of `kinds` in [lo, hi), its events as one JSON array in version order:
-    PostgreSQL renders the JSON (as the bare read does), and the fold decodes a stream in one
-    call."""
+    """The events of the streams of `kinds` in [lo, hi), one row each, in (stream_id, version)
+    order, with only what a fold reads: PostgreSQL renders each event's data as text, as for the
+    bare read, and nothing more (building JSON arrays per stream cost it twice that)."""
     args: list[Any] = [kinds]
     where = "split_part(stream_id, ':', 2) = ANY($1::text[])"
     if lo is not None:
@@ -354,9 +429,8 @@ def _streams_query(kinds: list[str], lo: str | None, hi: str | None) -> tuple[st
         args.append(hi)
         where += f" AND stream_id < ${len(args)}"
     sql = (
-        "SELECT stream_id, json_agg(json_build_array(data, version, position, recorded_at) "
-        f"ORDER BY version)::text FROM events WHERE {where} "
-        "GROUP BY stream_id ORDER BY stream_id"
+        "SELECT stream_id, data::text, version, position, recorded_at "
+        f"FROM events WHERE {where} ORDER BY stream_id, version"
     )
     return sql, args
 
@@ -371,7 +445,7 @@ async def _fold_range(
 ) -> int:
     """Fold the streams in [lo, hi) in the snapshot of `read`'s open transaction and COPY the
     rows; returns the events read. PostgreSQL, this process and the COPY overlap: the next chunk
-    of streams is requested before the current one is folded, the fold yields to the event loop
+    of events is requested before the current one is folded, the fold yields to the event loop
     every few hundred events (so that every connection's socket is served), and the rows go to
     the writers through a small queue."""
     by_kind = {t.inline.stream_kind: t for t in inline if t.inline is not None}
@@ -392,14 +466,25 @@ async def _fold_range(
         buffers: dict[str, list[Row]] = {t.name: [] for t in inline}
         sql, args = _streams_query(_kinds(inline), lo, hi)
         cursor = await read.cursor(sql, *args)
-        size = 64  # streams per fetch, adapted to their length (FETCH_EVENTS a fetch)
-        fetching = asyncio.ensure_future(cursor.fetch(size))
+        fetching = asyncio.ensure_future(cursor.fetch(FETCH_EVENTS))
+        carried: list[asyncpg.Record] = []  # the last stream of a fetch: it may go on
         try:
-            while rows := await fetching:
-                fetching = asyncio.ensure_future(cursor.fetch(size))
-                before = events
-                for stream_id, text in rows:
-                    stream = _STREAM.decode(text)
+            while True:
+                rows = await fetching
+                if rows:
+                    fetching = asyncio.ensure_future(cursor.fetch(FETCH_EVENTS))
+                    if carried:
+                        rows = carried + rows
+                    last, cut = rows[-1][0], len(rows) - 1
+                    while cut > 0 and rows[cut - 1][0] == last:
+                        cut -= 1
+                    rows, carried = rows[:cut], rows[cut:]
+                else:
+                    rows, carried = carried, []
+                    if not rows:
+                        break
+                for stream_id, group in itertools.groupby(rows, _STREAM_ID):
+                    stream = [Logged(_EVENT(d), v, p, at) for _, d, v, p, at in group]
                     t = by_kind[streams.kind_of(stream_id)]
                     assert t.inline is not None
                     buffer = buffers[t.name]
@@ -412,7 +497,6 @@ async def _fold_range(
                         progress("fold", events - shown, None)
                         shown = events
                         await asyncio.sleep(0)  # let every socket be served
-                size = max(1, min(MAX_FETCH, FETCH_EVENTS * len(rows) // (events - before)))
                 if writing.done():
                     break  # a writer failed: stop reading, raise below
         finally:
@@ -590,16 +674,70 @@ def _key_of(
     return {k: row[k] for k in t.key}
 
 
+async def _differ(conn: asyncpg.Connection, t: Target, *, as_json: bool = True) -> str:
+    """The condition on live row `l` and rebuilt row `r` that they differ in some column. Text
+    columns that hold JSON (Projection.json_text) are compared `as_json`, so that the same value
+    rendered by jsonb (earlier schema versions stored them as jsonb) and by the fold compare
+    equal."""
+    json_text = t.inline.json_text if t.inline is not None and as_json else ()
+    if not json_text:
+        return "ROW(l.*) IS DISTINCT FROM ROW(r.*)"
+    columns: list[str] = [
+        r[0]
+        for r in await conn.fetch(
+            "SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 "
+            "AND NOT attisdropped ORDER BY attnum",
+            t.table,
+        )
+    ]
+    plain = [c for c in columns if c not in json_text]
+    left = ", ".join(f"l.{c}" for c in plain)
+    right = ", ".join(f"r.{c}" for c in plain)
+    differ = [f"ROW({left}) IS DISTINCT FROM ROW({right})"] + [
+        # Parsed only where the texts differ (CASE evaluates in order).
+        f"CASE WHEN l.{c} IS NOT DISTINCT FROM r.{c} THEN false "
+        f"ELSE l.{c}::jsonb IS DISTINCT FROM r.{c}::jsonb END"
+        for c in json_text
+    ]
+    return f"({' OR '.join(differ)})"
+
+
+def _same(t: Target, column: str, live: Any, rebuilt: Any) -> bool:
+    """Whether a column of a live and a rebuilt row (decoded from to_jsonb) holds the same."""
+    if live == rebuilt:
+        return True
+    if t.inline is None or column not in t.inline.json_text:
+        return False
+    if not isinstance(live, str) or not isinstance(rebuilt, str):
+        return False
+    try:
+        same: bool = msgspec.json.decode(live) == msgspec.json.decode(rebuilt)
+    except msgspec.DecodeError:
+        return False
+    return same
+
+
+async def _count_differing(conn: asyncpg.Connection, t: Target, on: str) -> tuple[int, str]:
+    """(rows that differ, the condition that found them). A JSON column whose text is not JSON
+    (written by hand) cannot be compared as JSON: then every column is compared as text."""
+    sql = f"SELECT count(*) FROM {t.table} l FULL JOIN {t.rebuild} r ON {on} WHERE "
+    where = await _differ(conn, t)
+    try:
+        async with conn.transaction():  # a savepoint: the snapshot's transaction goes on
+            count = await conn.fetchval(sql + where)
+    except asyncpg.InvalidTextRepresentationError:
+        where = await _differ(conn, t, as_json=False)
+        count = await conn.fetchval(sql + where)
+    return int(count), where
+
+
 async def _compare(conn: asyncpg.Connection, t: Target, result: Result) -> None:
     on = " AND ".join(f"l.{k} = r.{k}" for k in t.key)
     order = ", ".join(f"coalesce(l.{k}, r.{k})" for k in t.key)
-    where = "ROW(l.*) IS DISTINCT FROM ROW(r.*)"
-    count = await conn.fetchval(
-        f"SELECT count(*) FROM {t.table} l FULL JOIN {t.rebuild} r ON {on} WHERE {where}"
-    )
+    count, where = await _count_differing(conn, t, on)
     if not count:
         return
-    result.differing_rows[t.table] = int(count)
+    result.differing_rows[t.table] = count
     rows = await conn.fetch(
         f"SELECT to_jsonb(l.*)::text AS live, to_jsonb(r.*)::text AS rebuilt "
         f"FROM {t.table} l FULL JOIN {t.rebuild} r ON {on} WHERE {where} "
@@ -613,7 +751,7 @@ async def _compare(conn: asyncpg.Connection, t: Target, result: Result) -> None:
         if live is None or rebuilt is None:
             result.differences.append(Difference(t.table, key, None, live, rebuilt))
             continue
-        columns = [c for c in live if live[c] != rebuilt.get(c)]
+        columns = [c for c in live if not _same(t, c, live[c], rebuilt.get(c))]
         for c in columns or ["?"]:
             result.differences.append(Difference(t.table, key, c, live.get(c), rebuilt.get(c)))
 
@@ -803,7 +941,7 @@ async def _run(
             if t.async_projection is None:
                 continue
             # Indexes before the load: the projection's upserts need its key.
-            names[t.name] = await _create_indexes(admin, t)
+            names |= await _create_indexes([admin], [t])
             upto = await read_checkpoint(admin, t.name) if verify else None
             at[t.name], n = await t.async_projection.rebuild(admin, table=t.rebuild, upto=upto)
             progress(t.name, n, n)
@@ -825,9 +963,8 @@ async def _run(
         raise
     index_names, async_at, n = await beside
     result.events += n
-    # Inline tables get their indexes after the bulk load (faster).
-    for t in inline:
-        index_names[t.name] = await _create_indexes(admin, t)
+    # Inline tables get their indexes after the bulk load (faster), one build per CPU at a time.
+    index_names |= await _create_indexes([admin, read, *writers][: max(1, CPUS)], inline)
     if inline and since is not None:
         since = await _catch_up(read, write, inline, since, progress, result)
     if verify:

@@ -136,6 +136,13 @@ async def test_a_large_log_is_folded_by_helper_processes_into_the_same_tables(
     check = await replay(database_url, verify=True)
     assert check.fold_processes == 1
     assert check.differences == [], [str(d) for d in check.differences]
+    # Events come a few rows at a time: a stream longer than a fetch is folded whole.
+    assert await pool.fetchval("SELECT max(version) FROM events") > 3
+    monkeypatch.setattr(rebuild, "FETCH_EVENTS", 3)
+    check = await replay(database_url, verify=True)
+    assert check.differences == [], [str(d) for d in check.differences]
+    assert (await replay(database_url)).swapped
+    assert (await replay(database_url, verify=True)).differences == []
 
 
 async def test_rebuilding_stats_sets_its_checkpoint_in_the_same_swap(
@@ -181,3 +188,52 @@ async def test_projection_option_and_refusals(pool: asyncpg.Pool, database_url: 
         assert "another `slotlog replay` is running" in done.stderr
     finally:
         await holder.close()
+
+
+async def test_booking_state_from_an_earlier_jsonb_column_migrates_and_compares_as_json(
+    pool: asyncpg.Pool, database_url: str
+) -> None:
+    w = await workload(pool, seed=13)
+    await w.run(300)
+    await settled(pool)
+    state_type = (
+        "SELECT atttypid::regtype::text FROM pg_attribute "
+        "WHERE attrelid = 'rm_bookings'::regclass AND attname = 'state'"
+    )
+    # An earlier schema stored the state as jsonb, whose rendering differs from the fold's.
+    await pool.execute("ALTER TABLE rm_bookings ALTER COLUMN state TYPE jsonb USING state::jsonb")
+    await migrate(database_url)
+    assert await pool.fetchval(state_type) == "text"
+    migrated = await pool.fetchval("SELECT state FROM rm_bookings ORDER BY booking_id LIMIT 1")
+    assert '": ' in migrated  # jsonb's rendering, not the fold's
+    await migrate(database_url)  # idempotent
+    assert await pool.fetchval(state_type) == "text"
+    check = await replay(database_url, ["bookings"], verify=True)
+    assert check.differences == [], [str(d) for d in check.differences]
+
+    # A different value inside the JSON is named; so is text that is not JSON at all.
+    victim, other = [
+        r[0] for r in await pool.fetch("SELECT booking_id FROM rm_bookings ORDER BY 1 LIMIT 2")
+    ]
+    await pool.execute(
+        'UPDATE rm_bookings SET state = (state::jsonb || \'{"status": "tampered"}\')::text '
+        "WHERE booking_id = $1",
+        victim,
+    )
+    check = await replay(database_url, ["bookings"], verify=True)
+    assert check.differing_rows == {"rm_bookings": 1}
+    assert [(d.key["booking_id"], d.column) for d in check.differences] == [(victim, "state")]
+    await pool.execute("UPDATE rm_bookings SET state = 'not json' WHERE booking_id = $1", other)
+    check = await replay(database_url, ["bookings"], verify=True)
+    assert check.differing_rows["rm_bookings"] >= 2
+    assert {(d.key["booking_id"], d.column) for d in check.differences} >= {
+        (victim, "state"),
+        (other, "state"),
+    }
+
+    # A replay writes the fold's rendering.
+    assert (await replay(database_url, ["bookings"])).swapped
+    assert '": ' not in await pool.fetchval(
+        "SELECT state FROM rm_bookings WHERE booking_id = $1", victim
+    )
+    assert (await replay(database_url, ["bookings"], verify=True)).differences == []
