@@ -43,13 +43,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import operator
 import os
 import re
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -382,7 +383,8 @@ async def _fold_all(
                 for lo, hi in ranges[1:]
             ]
         try:
-            events = await _fold_range(read, writers, inline, progress, *ranges[0])
+            with _cycle_collector_off():
+                events = await _fold_range(read, writers, inline, progress, *ranges[0])
             # Our transaction stays open until every helper is done: it keeps the exported
             # snapshot valid for them.
             for helper in helpers:
@@ -433,6 +435,20 @@ def _streams_query(kinds: list[str], lo: str | None, hi: str | None) -> tuple[st
         f"FROM events WHERE {where} ORDER BY stream_id, version"
     )
     return sql, args
+
+
+@contextlib.contextmanager
+def _cycle_collector_off() -> Iterator[None]:
+    """Python's cycle collector paused: a fold makes millions of short-lived containers (rows,
+    events, folds), freed by reference counting, and the collector, triggered by their number,
+    kept walking every live object (a fifth of the fold's CPU time under py-spy)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 async def _fold_range(
@@ -586,7 +602,8 @@ async def _fold_part(part: _Part, progress: Progress) -> int:
         read, writers = await _open(stack, part.url)
         async with read.transaction(isolation="repeatable_read", readonly=True):
             await read.execute(f"SET TRANSACTION SNAPSHOT '{part.snapshot}'")
-            return await _fold_range(read, writers, inline, progress, part.lo, part.hi)
+            with _cycle_collector_off():
+                return await _fold_range(read, writers, inline, progress, part.lo, part.hi)
 
 
 def _helper_main() -> None:

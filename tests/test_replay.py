@@ -5,6 +5,7 @@ and a rebuild swaps in while commands keep writing, as often as one likes."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 
 import asyncpg
@@ -237,3 +238,21 @@ async def test_booking_state_from_an_earlier_jsonb_column_migrates_and_compares_
         "SELECT state FROM rm_bookings WHERE booking_id = $1", victim
     )
     assert (await replay(database_url, ["bookings"], verify=True)).differences == []
+
+
+async def test_the_fold_runs_with_the_cycle_collector_paused_and_restores_it(
+    pool: asyncpg.Pool, database_url: str
+) -> None:
+    w = await workload(pool, seed=11)
+    await w.run(40, concurrency=2)
+    seen: set[bool] = set()
+
+    def progress(stage: str, advance: int, total: int | None) -> None:
+        if stage == "fold" and total is None:  # reported from inside the fold
+            seen.add(gc.isenabled())
+
+    assert gc.isenabled()
+    result = await replay(database_url, ["bookings"], verify=True, progress=progress)
+    assert result.differences == [] and result.events > 0
+    assert seen == {False}
+    assert gc.isenabled()
