@@ -6,6 +6,7 @@ oldest open transaction, and the webhook backlog."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import re
 
@@ -15,6 +16,7 @@ from starlette.applications import Starlette
 
 from projections.runner import ProjectionRunner
 from service import streams
+from service.app import SERVING_COLLECTOR, create_app
 from service.decider import Appends
 from service.events import EventMeta, ResourceUpserted
 from service.handler import Decide, Reader
@@ -200,3 +202,14 @@ class TestMetrics:
         assert m[("slotlog_worker_leading", (("worker", "projector"),))] == 0
         text = (await api.client.get("/metrics")).text
         assert re.search(r"^slotlog_webhook_backlog \d", text, re.M)
+
+
+async def test_the_app_tunes_the_cycle_collector_while_it_serves(database_url: str) -> None:
+    before = gc.get_threshold()
+    assert before != SERVING_COLLECTOR
+    application = create_app(database_url, background=False)
+    async with application.router.lifespan_context(application):
+        assert gc.get_threshold() == SERVING_COLLECTOR
+        assert gc.get_freeze_count() > 0  # what exists at start-up is out of the collector's way
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
