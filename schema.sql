@@ -110,7 +110,10 @@ SELECT pg_advisory_unlock(7320001);
 -- ───────────────────────────── read models ─────────────────────────────
 -- Built only from events by projections/readmodels.py. Each row is the fold of one stream
 -- (`stream_id`), written in the same transaction as that stream's append, so reads see their
--- own writes; `slotlog replay` rebuilds them from position 0.
+-- own writes; `slotlog replay` rebuilds them from position 0. A stream's rows are found by the
+-- leading primary-key columns its id determines (Projection.stream_key), so no table needs an
+-- index on stream_id: earlier schema versions had one per table, dropped here (one index less to
+-- write on every command, and to build on every replay).
 SELECT pg_advisory_lock(7320001);
 
 CREATE TABLE IF NOT EXISTS rm_resources (
@@ -123,7 +126,6 @@ CREATE TABLE IF NOT EXISTS rm_resources (
     updated_at  timestamptz,
     PRIMARY KEY (tenant_id, resource_id)
 );
-CREATE INDEX IF NOT EXISTS rm_resources_stream ON rm_resources (stream_id);
 
 CREATE TABLE IF NOT EXISTS rm_services (
     tenant_id  text        NOT NULL,
@@ -135,7 +137,6 @@ CREATE TABLE IF NOT EXISTS rm_services (
     updated_at timestamptz,
     PRIMARY KEY (tenant_id, service_id)
 );
-CREATE INDEX IF NOT EXISTS rm_services_stream ON rm_services (stream_id);
 
 CREATE TABLE IF NOT EXISTS rm_bookings (
     tenant_id  text        NOT NULL,
@@ -160,7 +161,6 @@ CREATE TABLE IF NOT EXISTS rm_bookings (
     updated_at timestamptz,
     PRIMARY KEY (tenant_id, booking_id)
 );
-CREATE INDEX IF NOT EXISTS rm_bookings_stream ON rm_bookings (stream_id);
 CREATE INDEX IF NOT EXISTS rm_bookings_start ON rm_bookings (tenant_id, start_at, booking_id);
 CREATE INDEX IF NOT EXISTS rm_bookings_session ON rm_bookings (tenant_id, session_id)
     WHERE session_id IS NOT NULL;
@@ -189,7 +189,6 @@ CREATE TABLE IF NOT EXISTS rm_busy (
     expires_at  timestamptz,
     PRIMARY KEY (tenant_id, resource_id, day, claim_id)
 );
-CREATE INDEX IF NOT EXISTS rm_busy_stream ON rm_busy (stream_id);
 
 CREATE TABLE IF NOT EXISTS rm_sessions (
     tenant_id   text        NOT NULL,
@@ -206,8 +205,10 @@ CREATE TABLE IF NOT EXISTS rm_sessions (
     updated_at  timestamptz,
     PRIMARY KEY (tenant_id, session_id)
 );
-CREATE INDEX IF NOT EXISTS rm_sessions_stream ON rm_sessions (stream_id);
 CREATE INDEX IF NOT EXISTS rm_sessions_start ON rm_sessions (tenant_id, start_at, session_id);
+
+DROP INDEX IF EXISTS rm_resources_stream, rm_services_stream, rm_bookings_stream, rm_busy_stream,
+    rm_sessions_stream;
 
 SELECT pg_advisory_unlock(7320001);
 

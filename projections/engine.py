@@ -77,6 +77,20 @@ def insert_sql(p: Projection[Any], table: str | None = None) -> str:
     return f"INSERT INTO {table or p.table} ({cols}) VALUES ({params})"
 
 
+@functools.cache
+def delete_sql(p: Projection[Any], table: str | None = None) -> str:
+    """Delete the rows of the streams whose keys (Projection.stream_key) come as one array per
+    key column: the primary key finds them."""
+    types = dict(zip(p.columns, p.types, strict=True))
+    cols = p.stream_key_columns
+    arrays = ", ".join(f"${i}::{types[c]}[]" for i, c in enumerate(cols, 1))
+    same = " AND ".join(f"t.{c} = g.{c}" for c in cols)
+    return (
+        f"DELETE FROM {table or p.table} AS t USING unnest({arrays}) AS g({', '.join(cols)}) "
+        f"WHERE {same}"
+    )
+
+
 async def replace_rows(
     conn: Any,
     p: Projection[Any],
@@ -85,10 +99,16 @@ async def replace_rows(
     *,
     table: str | None = None,
 ) -> None:
-    """Delete the rows of `stream_ids` from the projection's table and insert `rows`."""
-    await conn.execute(
-        f"DELETE FROM {table or p.table} WHERE stream_id = ANY($1::text[])", list(stream_ids)
-    )
+    """Delete the rows of `stream_ids` from the projection's table and insert `rows` (the fold of
+    those streams)."""
+    if not stream_ids:
+        return
+    keys = [p.stream_key(s) for s in stream_ids]
+    at = [p.columns.index(c) for c in p.stream_key_columns]
+    stray = {tuple(row[i] for i in at) for row in rows} - set(keys)
+    if stray:  # a row that the next replace of its stream would not find
+        raise ValueError(f"{p.name}: rows outside their streams' keys: {sorted(stray)[:3]}")
+    await conn.execute(delete_sql(p, table), *(list(column) for column in zip(*keys, strict=True)))
     if rows:
         await conn.executemany(insert_sql(p, table), rows)
 

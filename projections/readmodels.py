@@ -77,6 +77,16 @@ class Projection(ABC, Generic[S]):
     #: Columns of type text that hold JSON rendered here (cheaper to load than jsonb when nothing
     #: queries inside them); `slotlog replay --verify` compares them as JSON.
     json_text: tuple[str, ...] = ()
+    #: The leading key columns that the stream id determines (stream_key): every row a stream
+    #: contributes has these values, and no other stream's row does, so the primary key finds a
+    #: stream's rows and the tables need no index on stream_id.
+    stream_key_columns: tuple[str, ...]
+
+    def stream_key(self, stream_id: str) -> tuple[Any, ...]:
+        """The values of `stream_key_columns` for the rows of `stream_id`: by default the tenant
+        and the id after the stream kind (`{tenant}:{kind}:{id}`)."""
+        tenant, _, own_id = stream_id.split(":", 2)
+        return (tenant, own_id)
 
     @abstractmethod
     def initial(self, stream_id: str) -> S:
@@ -145,6 +155,7 @@ class ResourcesProjection(LatestProjection):
     id_field = "resource_id"
     columns = ("tenant_id", "resource_id", "stream_id", "body", "version", "position", "updated_at")
     key = ("tenant_id", "resource_id")
+    stream_key_columns = key
 
 
 class ServicesProjection(LatestProjection):
@@ -155,6 +166,7 @@ class ServicesProjection(LatestProjection):
     id_field = "service_id"
     columns = ("tenant_id", "service_id", "stream_id", "body", "version", "position", "updated_at")
     key = ("tenant_id", "service_id")
+    stream_key_columns = key
 
 
 class BookingsProjection(Projection[Booking | None]):
@@ -203,6 +215,7 @@ class BookingsProjection(Projection[Booking | None]):
     )
     json_text = ("state",)
     key = ("tenant_id", "booking_id")
+    stream_key_columns = key
 
     def initial(self, stream_id: str) -> Booking | None:
         return None
@@ -278,6 +291,13 @@ class BusyProjection(Projection[DayLedger]):
         "timestamptz",
     )
     key = ("tenant_id", "resource_id", "day", "claim_id")
+    stream_key_columns = ("tenant_id", "resource_id", "day")
+
+    def stream_key(self, stream_id: str) -> tuple[Any, ...]:
+        """`{tenant}:rd:{resource_id}:{YYYY-MM-DD}` (service/streams.py)."""
+        tenant, _, rest = stream_id.split(":", 2)
+        resource_id, day = rest.rsplit(":", 1)
+        return (tenant, resource_id, date.fromisoformat(day))
 
     def initial(self, stream_id: str) -> DayLedger:
         return DayLedger()
@@ -346,6 +366,7 @@ class SessionsProjection(Projection[SessionState]):
         "timestamptz",
     )
     key = ("tenant_id", "session_id")
+    stream_key_columns = key
 
     def initial(self, stream_id: str) -> SessionState:
         return SessionState()

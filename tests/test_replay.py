@@ -12,8 +12,11 @@ import asyncpg
 import pytest
 
 from projections import replay as rebuild
+from projections.engine import replace_rows, write_streams
+from projections.readmodels import BY_NAME
 from projections.replay import REPLAY_LOCK, replay
 from projections.runner import ProjectionRunner
+from service import store
 from service.db import migrate
 from service.handler import Commands
 from service.tenants import create_tenant
@@ -256,3 +259,53 @@ async def test_the_fold_runs_with_the_cycle_collector_paused_and_restores_it(
     assert result.differences == [] and result.events > 0
     assert seen == {False}
     assert gc.isenabled()
+
+
+async def test_a_streams_rows_are_replaced_by_its_key_without_an_index_on_stream_id(
+    pool: asyncpg.Pool, database_url: str
+) -> None:
+    # An earlier schema indexed stream_id on every read-model table; migrate drops those.
+    for t in LIVE_TABLES:
+        await pool.execute(f"CREATE INDEX IF NOT EXISTS {t}_stream ON {t} (stream_id)")
+    await migrate(database_url)
+    assert not await pool.fetchval(
+        "SELECT count(*) FROM pg_indexes WHERE tablename LIKE 'rm\\_%' AND indexdef LIKE "
+        "'%(stream_id)%'"
+    )
+
+    w = await workload(pool, seed=17)
+    await w.run(400)
+    await settled(pool)
+    busy = await pool.fetchrow("SELECT * FROM rm_busy ORDER BY stream_id LIMIT 1")
+    booking = await pool.fetchrow("SELECT * FROM rm_bookings ORDER BY stream_id LIMIT 1")
+    # Rows the streams' folds no longer have: a stale claim on the same resource and day, and a
+    # changed booking.
+    await pool.execute(
+        "INSERT INTO rm_busy SELECT tenant_id, resource_id, day, 'stale-claim', stream_id, "
+        "start_at, end_at, block_start, block_end, expires_at FROM rm_busy "
+        "WHERE tenant_id = $1 AND resource_id = $2 AND day = $3 AND claim_id = $4",
+        busy["tenant_id"],
+        busy["resource_id"],
+        busy["day"],
+        busy["claim_id"],
+    )
+    await pool.execute(
+        "UPDATE rm_bookings SET status = 'tampered' WHERE tenant_id = $1 AND booking_id = $2",
+        booking["tenant_id"],
+        booking["booking_id"],
+    )
+    assert (await replay(database_url, verify=True)).differences != []
+
+    async with pool.acquire() as conn:
+        chunk = await store.read_streams(conn, [busy["stream_id"], booking["stream_id"]])
+        await write_streams(conn, chunk)
+    check = await replay(database_url, verify=True)
+    assert check.differences == [], [str(d) for d in check.differences]
+
+    # A row outside its stream's key would survive the stream's next replace: refused.
+    p = BY_NAME["busy"]
+    row = list(p.fold(busy["stream_id"], chunk[busy["stream_id"]])[0])
+    row[p.columns.index("resource_id")] = "another-resource"
+    async with pool.acquire() as conn:
+        with pytest.raises(ValueError, match="outside their streams' keys"):
+            await replace_rows(conn, p, [busy["stream_id"]], [tuple(row)])
