@@ -8,8 +8,7 @@ result never depends on the order in which streams are written.
 from __future__ import annotations
 
 import functools
-import operator
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -113,15 +112,6 @@ async def replace_rows(
         await conn.executemany(insert_sql(p, table), rows)
 
 
-@functools.cache
-def _key_of(p: Projection[Any]) -> Callable[[Row], tuple[Any, ...]]:
-    """A row's key columns, as a tuple."""
-    at = [p.columns.index(k) for k in p.key]
-    if len(at) == 1:
-        return lambda row: (row[at[0]],)
-    return operator.itemgetter(*at)
-
-
 def rows_payload(
     loaded: Mapping[str, Sequence[RecordedEvent]], new: Mapping[str, Sequence[RecordedEvent]]
 ) -> tuple[str, bytes]:
@@ -135,23 +125,17 @@ def rows_payload(
         p = projection_for(stream_id)
         if p is None:
             continue
-        before_events = loaded.get(stream_id, [])
-        key_of = _key_of(p)
-        before = {key_of(r): r for r in p.fold(stream_id, before_events)}
-        after = p.fold(stream_id, [*before_events, *events])
+        rows, gone = p.changes(stream_id, loaded.get(stream_id, []), events)
         entry = tables.setdefault(p.table, {"rows": [], "gone": []})
         jsonb = [t == "jsonb" for t in p.types]
-        for row in after:
-            key = key_of(row)
-            if before.pop(key, None) == row:
-                continue
-            entry["rows"].append(
-                {
-                    c: msgspec.Raw(v) if j and isinstance(v, str) else v
-                    for c, v, j in zip(p.columns, row, jsonb, strict=True)
-                }
-            )
-        entry["gone"].extend(dict(zip(p.key, key, strict=True)) for key in before)
+        entry["rows"].extend(
+            {
+                c: msgspec.Raw(v) if j and isinstance(v, str) else v
+                for c, v, j in zip(p.columns, row, jsonb, strict=True)
+            }
+            for row in rows
+        )
+        entry["gone"].extend(dict(zip(p.key, key, strict=True)) for key in gone)
     return rows_sql(frozenset(tables)), _PAYLOAD.encode(tables)
 
 

@@ -1,0 +1,109 @@
+"""What an append changes in a read model (Projection.changes) is what comparing the folds before
+and after it changes: checked for the busy table's shortcut, which looks only at the new events,
+against the full comparison, over random days of claims and releases."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from projections.readmodels import BY_NAME, Projection, Row
+from projections.replay import Logged
+from service.events import AnyEvent, BookingConfirmed, TimeClaimed, TimeReleased
+
+STREAM = "tn_t:rd:room:1:2026-12-01"  # a resource id may hold a colon
+DAY = datetime(2026, 12, 1, tzinfo=UTC)
+BUSY = BY_NAME["busy"]
+
+
+def claim(n: int, minutes: int, expires: bool) -> TimeClaimed:
+    start = DAY + timedelta(minutes=minutes)
+    return TimeClaimed(
+        resource_id="room:1",
+        day="2026-12-01",
+        claim_id=f"bk_{n}",
+        start=start,
+        end=start + timedelta(minutes=30),
+        block_start=start,
+        block_end=start + timedelta(minutes=30),
+        expires_at=start if expires else None,
+    )
+
+
+def release(n: int) -> TimeReleased:
+    return TimeReleased(resource_id="room:1", day="2026-12-01", claim_id=f"bk_{n}")
+
+
+events = st.lists(
+    st.one_of(
+        st.builds(claim, st.integers(0, 6), st.integers(0, 1400), st.booleans()),
+        st.builds(release, st.integers(0, 6)),
+        st.builds(BookingConfirmed, booking_id=st.just("bk_0")),  # not a ledger event
+    ),
+    max_size=12,
+)
+
+
+def logged(evs: list[AnyEvent], first: int = 1) -> list[Logged]:
+    return [Logged(e, first + i, first + i, DAY) for i, e in enumerate(evs)]
+
+
+def applied(
+    p: Projection[Any],
+    table: dict[tuple[Any, ...], Row],
+    before: list[Logged],
+    new: list[Logged],
+    changes: Any,
+) -> dict[tuple[Any, ...], Row]:
+    rows, gone = changes(STREAM, before, new)
+    assert not {p.key_of(r) for r in rows} & set(gone)  # never both for one key
+    out = dict(table)
+    for key in gone:
+        out.pop(key, None)
+    out.update((p.key_of(r), r) for r in rows)
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(events, events)
+def test_the_busy_shortcut_changes_the_table_as_the_full_comparison_does(
+    first: list[AnyEvent], then: list[AnyEvent]
+) -> None:
+    before, new = logged(first), logged(then, len(first) + 1)
+    table = {BUSY.key_of(r): r for r in BUSY.fold(STREAM, before)}
+    full = applied(BUSY, table, before, new, lambda *a: Projection.changes(BUSY, *a))
+    shortcut = applied(BUSY, table, before, new, BUSY.changes)
+    assert shortcut == full == {BUSY.key_of(r): r for r in BUSY.fold(STREAM, before + new)}
+
+
+def test_the_shortcut_reads_no_earlier_event() -> None:
+    # Earlier events are not even looked at: a day's cost is its new events'.
+    class Untouchable(list[Logged]):
+        def __iter__(self) -> Any:
+            raise AssertionError("the earlier events were read")
+
+    rows, gone = BUSY.changes(
+        STREAM,
+        Untouchable(logged([claim(1, 0, True)])),
+        logged([claim(2, 60, True), release(1)], 2),
+    )
+    assert [r[3] for r in rows] == ["bk_2"]
+    assert gone == [("tn_t", "room:1", DAY.date(), "bk_1")]
+
+
+def test_a_claim_off_the_streams_resource_and_day_is_refused() -> None:
+    other = TimeClaimed(
+        resource_id="room:2",
+        day="2026-12-01",
+        claim_id="bk_1",
+        start=DAY,
+        end=DAY,
+        block_start=DAY,
+        block_end=DAY,
+    )
+    with pytest.raises(ValueError, match="not on"):
+        BUSY.changes(STREAM, [], logged([other]))
