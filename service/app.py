@@ -169,8 +169,10 @@ SERVING_COLLECTOR: Final = (50_000, 20, 20)
 def collector_for_serving() -> Iterator[None]:
     """While serving: the objects that exist once the app has started (modules, routes, the
     pool) moved out of the collector's sight (gc.freeze), and SERVING_COLLECTOR's thresholds;
-    both undone at shutdown."""
+    both undone at shutdown. Process-wide: one serving app per process (as `slotlog serve`
+    runs it); apps nested in one process must stop in the reverse order of their start."""
     before = gc.get_threshold()
+    gc.collect()  # no start-up garbage frozen for the process's lifetime
     gc.freeze()
     gc.set_threshold(*SERVING_COLLECTOR)
     try:
