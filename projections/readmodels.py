@@ -29,7 +29,6 @@ from service.events import (
     TimeClaimed,
     TimeReleased,
 )
-from service.memo import ByIdentity
 from service.store import PENDING
 
 S = TypeVar("S")
@@ -344,7 +343,7 @@ class BusyProjection(Projection[DayLedger]):
                 c.expires_at,
             )
 
-        return [_CLAIM_ROWS.get(c, row) for c in sorted(state.claims.values(), key=_CLAIM_ID)]
+        return [row(c) for c in sorted(state.claims.values(), key=_CLAIM_ID)]
 
     def changes(
         self, stream_id: str, before: Sequence[Recorded], new: Sequence[Recorded]
@@ -371,10 +370,6 @@ class BusyProjection(Projection[DayLedger]):
 
 
 _CLAIM_ID = operator.attrgetter("claim_id")
-#: A claim's row, built once per claim (service/memo.py): a command folds its day ledger before
-#: and after its own events, and the claims it did not touch are the same immutable events, so
-#: only rows of claims it touched are built. A claim lives in one stream.
-_CLAIM_ROWS: ByIdentity[TimeClaimed, Row] = ByIdentity(100_000)
 
 
 class SessionsProjection(Projection[SessionState]):
