@@ -103,8 +103,7 @@ async def replace_rows(
     if not stream_ids:
         return
     keys = [p.stream_key(s) for s in stream_ids]
-    at = [p.columns.index(c) for c in p.stream_key_columns]
-    stray = {tuple(row[i] for i in at) for row in rows} - set(keys)
+    stray = {p.stream_key_of(row) for row in rows} - set(keys)
     if stray:  # a row that the next replace of its stream would not find
         raise ValueError(f"{p.name}: rows outside their streams' keys: {sorted(stray)[:3]}")
     await conn.execute(delete_sql(p, table), *(list(column) for column in zip(*keys, strict=True)))

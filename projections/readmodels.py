@@ -108,7 +108,11 @@ class Projection(ABC, Generic[S]):
         return self.rows(stream_id, state)
 
     def key_of(self, row: Row) -> tuple[Any, ...]:
-        return tuple(row[i] for i in _key_columns(self))
+        return tuple(row[i] for i in _positions(self, self.key))
+
+    def stream_key_of(self, row: Row) -> tuple[Any, ...]:
+        """A row's `stream_key_columns`: equal to its stream's stream_key()."""
+        return tuple(row[i] for i in _positions(self, self.stream_key_columns))
 
     def changes(
         self, stream_id: str, before: Sequence[Recorded], new: Sequence[Recorded]
@@ -125,8 +129,8 @@ class Projection(ABC, Generic[S]):
 
 
 @functools.cache
-def _key_columns(p: Projection[Any]) -> tuple[int, ...]:
-    return tuple(p.columns.index(k) for k in p.key)
+def _positions(p: Projection[Any], names: tuple[str, ...]) -> tuple[int, ...]:
+    return tuple(p.columns.index(c) for c in names)
 
 
 @dataclass(slots=True)
@@ -363,7 +367,7 @@ class BusyProjection(Projection[DayLedger]):
         ledger = DayLedger({c: e for c, e in touched.items() if e is not None})
         rows = self.rows(stream_id, ledger)
         for r in rows:
-            if r[:3] != prefix:  # the stream's rows are found by this prefix (stream_key)
+            if self.stream_key_of(r) != prefix:  # its stream's rows are found by this key
                 raise ValueError(f"busy: claim {r[3]} is not on {stream_id}'s resource and day")
         gone = [(*prefix, c) for c, e in touched.items() if e is None]
         return rows, gone
