@@ -5,12 +5,10 @@ SELECT pg_advisory_lock(7320001);
 
 -- ───────────────────────────── event store ─────────────────────────────
 
--- One row per stream: its current version. Appends compare-and-set this row, which both
--- checks the expected version and serialises concurrent writers of the same stream on the row lock.
-CREATE TABLE IF NOT EXISTS streams (
-    stream_id text PRIMARY KEY,
-    version   bigint NOT NULL CHECK (version >= 1)
-);
+-- A stream's version is its newest event's (UNIQUE (stream_id, version) below is the
+-- compare-and-set, see service/store.py). Earlier schema versions kept a `streams` table of
+-- versions, written beside every append: dropped here (its rows are derived from `events`).
+DROP TABLE IF EXISTS streams;
 
 -- The log. `position` is global and increasing but NOT gapless and NOT in commit order (a bigserial
 -- is drawn at insert time, the row becomes visible at commit). Subscribers therefore never cursor on
@@ -59,7 +57,7 @@ DECLARE
 BEGIN
     FOR i IN 1 .. coalesce(array_length(p_streams, 1), 0) LOOP
         CONTINUE WHEN p_streams[i] = ANY (p_moved);
-        SELECT st.version INTO actual FROM streams AS st WHERE st.stream_id = p_streams[i];
+        SELECT max(e.version) INTO actual FROM events AS e WHERE e.stream_id = p_streams[i];
         RAISE EXCEPTION 'wrong expected version for stream %', p_streams[i]
             USING ERRCODE = 'SL001',
                   DETAIL = jsonb_build_object('stream', p_streams[i], 'expected', p_expected[i],

@@ -100,7 +100,7 @@ async def run(bench: Bench) -> Section:
             f"1: {PAIRS} back-to-back pairs of a bare INSERT run (no reset) and a store-append "
             "run, the median pair shown; pairs (events/s, rows/s): "
             + ", ".join(f"({a:,.0f}, {b:,.0f})" for a, b in pairs),
-            "1: each append also writes its `streams` row (the version check) in the same "
-            "round trip (service.store.append)",
+            "1: each append checks its stream's version in the same statement, by the "
+            "(stream_id, version) unique index every events row writes (service.store.append)",
         ],
     )

@@ -117,20 +117,16 @@ async def _write(
 
 
 async def _copy(conn: asyncpg.Connection, batch: list[AppendStream], meta: EventMeta) -> int:
-    """The same rows `store.append` would write, by COPY: the streams' versions and the events
-    (position, transaction id and time from the table's defaults). Only for new streams; the
-    immutability triggers stay on (COPY only inserts)."""
+    """The same rows `store.append` would write, by COPY: the events (position, transaction id
+    and time from the table's defaults). Only for new streams; the immutability triggers stay on
+    (COPY only inserts)."""
     meta_json = msgspec.json.encode(meta).decode()
     records = [
         (s.stream_id, version, meta.tenant, type_name(e), encode(e), meta_json)
         for s in batch
         for version, e in enumerate(s.events, 1)
     ]
-    async with conn.transaction():
-        await conn.copy_records_to_table(
-            "streams", records=[(s.stream_id, len(s.events)) for s in batch]
-        )
-        await conn.copy_records_to_table("events", records=records, columns=EVENT_COLUMNS)
+    await conn.copy_records_to_table("events", records=records, columns=EVENT_COLUMNS)
     return len(records)
 
 

@@ -6,10 +6,10 @@ Inline read models (projections/readmodels.py; each row the fold of one stream):
    (stream_id, version), fold each stream and COPY the rows into `<table>_rebuild` (created LIKE
    the live table, indexes added after the load). Per-stream version order matters: log order
    (transaction_id, position) does not preserve it, because a transaction that started earlier
-   can append a stream's next version after waiting on the stream's row lock. Each event comes
-   as one row with only what a fold reads (data as text, as a bare read renders it, version,
-   position, recorded_at), grouped into streams here; reading, folding and COPY (on two
-   connections) overlap. The indexes are built side by side, one build per CPU.
+   can append a stream's next version after waiting on its (stream_id, version) index entry.
+   Each event comes as one row with only what a fold reads (data as text, as a bare read
+   renders it, version, position, recorded_at), grouped into streams here; reading, folding and
+   COPY (on two connections) overlap. The indexes are built side by side, one build per CPU.
    A large log is cut into ranges of stream ids, one per CPU (up to 4): helper processes
    (`python -m projections.replay`) fold all but the first in S0, exported to them.
 2. Catch up: the streams with events visible now but not in the previous snapshot

@@ -106,11 +106,13 @@ async def _history(url: str, booking_id: str, tenant: str | None) -> tuple[str, 
     conn = await asyncpg.connect(url)
     try:
         suffix = f":bk:{booking_id}"
+        # One probe of the log's (stream_id, version) index per tenant.
         rows = await conn.fetch(
-            "SELECT stream_id FROM streams WHERE right(stream_id, $2) = $1 "
-            "AND ($3::text IS NULL OR stream_id = $3 || $1) ORDER BY stream_id",
+            "SELECT t.tenant_id || $1 FROM tenants AS t "
+            "WHERE ($2::text IS NULL OR t.tenant_id = $2) AND EXISTS "
+            "(SELECT FROM events AS e WHERE e.stream_id = t.tenant_id || $1 AND e.version = 1) "
+            "ORDER BY t.tenant_id",
             suffix,
-            len(suffix),
             tenant,
         )
         if not rows:

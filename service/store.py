@@ -20,6 +20,7 @@ Imports only asyncpg, msgspec and service.events; nothing here knows about HTTP 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -122,49 +123,46 @@ class Checkpoint:
 
 START: Final = Checkpoint(0, 0)
 
-# The append, as one statement (no procedural loop: this is the hot path). Per stream, a
-# compare-and-set on its `streams` row: created for NO_STREAM/ANY (ANY adds to an existing one),
-# advanced for an exact version or STREAM_EXISTS. Events are inserted only when every stream
-# moved; otherwise slotlog_conflict() raises SL001 naming the stream, which aborts the whole
-# statement, so nothing is written. Row locks on `streams` serialise writers of one stream;
-# the caller sorts streams so that multi-stream appends lock in one order. A stream with no
-# events is only checked (`checked`: at the expected version, or absent for NO_STREAM), neither
-# written nor locked: a decision made on remembered state proves that what it read of streams it
-# does not write is still current (service/handler.py).
+# A stream's version is its newest event's: there is no table of streams. The unique index on
+# events (stream_id, version) is the compare-and-set: an append writes versions v+1.. after
+# checking in its snapshot that the stream is at v, and a concurrent writer of v+1 makes it wait
+# on that index entry and then fail with a unique violation (or, if that writer rolled back,
+# go on). Two appends can therefore never both extend one version, whatever their snapshots.
+#
+# The append, as one statement (no procedural loop: this is the hot path). Per stream, its
+# version now (`current`, one probe of that index) against its expectation: NO_STREAM/0 wants
+# none, an exact version that one, STREAM_EXISTS any but none, ANY anything. Events are inserted
+# only when every stream meets it; otherwise slotlog_conflict() raises SL001 naming the stream,
+# which aborts the whole statement, so nothing is written. A stream with no events is only
+# checked (a decision made on remembered state proves that what it read of streams it does not
+# write is still current, service/handler.py). Rows go in sorted by stream, so that concurrent
+# multi-stream appends wait on one another's index entries in one order (no deadlock), with
+# positions drawn beforehand in the events' own order.
 _APPEND_CTE = """
 WITH input AS (
     SELECT i.stream_id, i.expected, i.n
       FROM unnest($2::text[], $3::bigint[], $4::bigint[]) AS i(stream_id, expected, n)
-), created AS (
-    INSERT INTO streams AS st (stream_id, version)
-    SELECT i.stream_id, i.n FROM input AS i WHERE i.n > 0 AND i.expected IN (-2, -1, 0)
-    ORDER BY i.stream_id
-    ON CONFLICT ON CONSTRAINT streams_pkey DO UPDATE SET version = st.version + excluded.version
-        WHERE (SELECT i.expected FROM input AS i WHERE i.stream_id = excluded.stream_id) = -2
-    RETURNING st.stream_id, st.version
-), advanced AS (
-    UPDATE streams AS st SET version = st.version + i.n
+), current AS (
+    SELECT i.stream_id, i.expected, i.n,
+           coalesce((SELECT max(e.version) FROM events AS e WHERE e.stream_id = i.stream_id), 0)
+               AS version
       FROM input AS i
-     WHERE st.stream_id = i.stream_id AND i.n > 0
-       AND (i.expected = -3 OR (i.expected > 0 AND st.version = i.expected))
-    RETURNING st.stream_id, st.version
-), checked AS (
-    SELECT i.stream_id, coalesce(st.version, 0) AS version
-      FROM input AS i LEFT JOIN streams AS st ON st.stream_id = i.stream_id
-     WHERE i.n = 0 AND coalesce(st.version, 0) = greatest(i.expected, 0)
 ), moved AS (
-    SELECT stream_id, version FROM created UNION ALL SELECT stream_id, version FROM advanced
-    UNION ALL SELECT stream_id, version FROM checked
-), appended AS (
-    INSERT INTO events AS ev (stream_id, version, tenant_id, type, data, metadata)
-    SELECT e.sid, m.version - i.n + row_number() OVER (PARTITION BY e.sid ORDER BY e.ord),
-           $1, e.typ, e.dat, e.met
+    SELECT c.stream_id, c.version FROM current AS c
+     WHERE CASE c.expected WHEN -2 THEN true WHEN -3 THEN c.version > 0
+                ELSE c.version = greatest(c.expected, 0) END
+), numbered AS MATERIALIZED (
+    SELECT e.sid, e.typ, e.dat, e.met, e.ord, nextval('events_position_seq') AS pos
       FROM unnest($5::text[], $6::text[], $7::jsonb[], $8::jsonb[])
            WITH ORDINALITY AS e(sid, typ, dat, met, ord)
-      JOIN moved AS m ON m.stream_id = e.sid
-      JOIN input AS i ON i.stream_id = e.sid
      WHERE (SELECT count(*) FROM moved) = (SELECT count(*) FROM input)
      ORDER BY e.ord
+), appended AS (
+    INSERT INTO events AS ev (position, stream_id, version, tenant_id, type, data, metadata)
+    SELECT n.pos, n.sid, m.version + row_number() OVER (PARTITION BY n.sid ORDER BY n.ord),
+           $1, n.typ, n.dat, n.met
+      FROM numbered AS n JOIN moved AS m ON m.stream_id = n.sid
+     ORDER BY n.sid, n.ord
     RETURNING ev.stream_id, ev.version, ev.position, ev.recorded_at
 )
 """
@@ -181,110 +179,80 @@ _COLUMNS = (
     "position, transaction_id, stream_id, version, tenant_id, data::text AS data, "
     "metadata::text AS metadata, recorded_at"
 )
+#: Retries of an append with a floating expectation (ANY, STREAM_EXISTS) that lost a race.
+FLOATING_ATTEMPTS: Final = 100
 
 
 async def append(db: Executor, streams: Sequence[AppendStream], meta: EventMeta) -> list[Appended]:
     """Append atomically to every stream in `streams`, or to none.
 
     Raises ConcurrencyError (naming the stream, the expected and the actual version) when any
-    stream is not at its expected version. Returns one Appended per event, in order.
+    stream is not at its expected version. Returns one Appended per event, in order. ANY and
+    STREAM_EXISTS take the version they find; one that loses a race to a concurrent writer is
+    tried again, unless `db` is in a transaction (which the lost race aborted).
     """
-    if len(streams) == 1 and streams[0].expected not in (ANY, STREAM_EXISTS):
-        return await _append_one(db, streams[0], meta)
-    return await _call(db, _APPEND, streams, meta)
+    if (
+        len(streams) == 1
+        and len(streams[0].events) == 1
+        and streams[0].expected not in (ANY, STREAM_EXISTS)
+    ):
+        return await _append_single(db, streams[0], meta)
+    floating = any(s.expected in (ANY, STREAM_EXISTS) for s in streams)
+    for attempt in range(1, FLOATING_ATTEMPTS + 1):
+        try:
+            return await _call(db, _APPEND, streams, meta)
+        except _LostRace as lost:
+            if not floating or _in_transaction(db) or attempt == FLOATING_ATTEMPTS:
+                raise lost.error from None
+    raise AssertionError("unreachable")
 
 
-# The most common append, one stream at NO_STREAM or an exact version, as the smallest statement:
-# the compare-and-set on `streams` feeds the event insert, so a mismatch inserts nothing (and
-# changes nothing) and only then costs a second query, to name the actual version.
-_CREATE_ONE = """
-WITH moved AS (
-    INSERT INTO streams (stream_id, version) VALUES ($1, $2)
-    ON CONFLICT ON CONSTRAINT streams_pkey DO NOTHING RETURNING version
-)
-INSERT INTO events AS ev (stream_id, version, tenant_id, type, data, metadata)
-SELECT $1, e.ord, $3, e.typ, e.dat, e.met
-  FROM moved, unnest($4::text[], $5::jsonb[], $6::jsonb[]) WITH ORDINALITY AS e(typ, dat, met, ord)
- ORDER BY e.ord
-RETURNING ev.stream_id, ev.version, ev.position, ev.recorded_at
-"""
-_ADVANCE_ONE = """
-WITH moved AS (
-    UPDATE streams SET version = version + $2 WHERE stream_id = $1 AND version = $3
-    RETURNING version
-)
-INSERT INTO events AS ev (stream_id, version, tenant_id, type, data, metadata)
-SELECT $1, $3 + e.ord, $4, e.typ, e.dat, e.met
-  FROM moved, unnest($5::text[], $6::jsonb[], $7::jsonb[]) WITH ORDINALITY AS e(typ, dat, met, ord)
- ORDER BY e.ord
-RETURNING ev.stream_id, ev.version, ev.position, ev.recorded_at
-"""
+def _in_transaction(db: Executor) -> bool:
+    return bool(getattr(db, "is_in_transaction", lambda: False)())
 
 
-# One event: the same statements with scalar parameters (no arrays to encode and unnest).
+# The most common append, one event to one stream at NO_STREAM or an exact version, as the
+# smallest statement. Outside a transaction a lost race is the unique violation itself; inside
+# one, ON CONFLICT DO NOTHING keeps the caller's transaction alive (a mismatch returns no row).
 _CREATE_SINGLE = """
-WITH moved AS (
-    INSERT INTO streams (stream_id, version) VALUES ($1, 1)
-    ON CONFLICT ON CONSTRAINT streams_pkey DO NOTHING RETURNING version
-)
 INSERT INTO events AS ev (stream_id, version, tenant_id, type, data, metadata)
-SELECT $1, moved.version, $2, $3, $4, $5 FROM moved
-RETURNING ev.stream_id, ev.version, ev.position, ev.recorded_at
-"""
-# Creating a stream outside a transaction: a plain INSERT (cheaper than ON CONFLICT's
-# speculative insertion); the rare duplicate fails with a unique violation, which aborts nothing
-# but this statement, and is reported as the ConcurrencyError it is.
-_CREATE_SINGLE_PLAIN = """
-WITH moved AS (
-    INSERT INTO streams (stream_id, version) VALUES ($1, 1) RETURNING version
-)
-INSERT INTO events AS ev (stream_id, version, tenant_id, type, data, metadata)
-SELECT $1, moved.version, $2, $3, $4, $5 FROM moved
+VALUES ($1, 1, $2, $3, $4, $5)
+{on_conflict}
 RETURNING ev.stream_id, ev.version, ev.position, ev.recorded_at
 """
 _ADVANCE_SINGLE = """
-WITH moved AS (
-    UPDATE streams SET version = version + 1 WHERE stream_id = $1 AND version = $6
-    RETURNING version
-)
 INSERT INTO events AS ev (stream_id, version, tenant_id, type, data, metadata)
-SELECT $1, moved.version, $2, $3, $4, $5 FROM moved
+SELECT $1, $6 + 1, $2, $3, $4, $5
+ WHERE EXISTS (SELECT FROM events AS e WHERE e.stream_id = $1 AND e.version = $6)
+{on_conflict}
 RETURNING ev.stream_id, ev.version, ev.position, ev.recorded_at
 """
+_ON_CONFLICT = "ON CONFLICT ON CONSTRAINT events_stream_version DO NOTHING"
+_SINGLE = {
+    (advance, in_transaction): sql.format(on_conflict=_ON_CONFLICT if in_transaction else "")
+    for advance, sql in ((False, _CREATE_SINGLE), (True, _ADVANCE_SINGLE))
+    for in_transaction in (False, True)
+}
 
 
-async def _append_one(db: Executor, s: AppendStream, meta: EventMeta) -> list[Appended]:
-    if not s.events:
-        raise ValueError("an append needs at least one event")
-    n = len(s.events)
-    meta_json = _META_ENCODER.encode(s.meta or meta).decode()
-    if n == 1:
-        event = s.events[0]
-        single = (s.stream_id, meta.tenant, type_name(event), encode(event), meta_json)
-        in_transaction = getattr(db, "is_in_transaction", lambda: False)()
-        if s.expected > 0:
-            rows = await db.fetch(_ADVANCE_SINGLE, *single, s.expected)
-        elif in_transaction:
-            rows = await db.fetch(_CREATE_SINGLE, *single)
-        else:
-            try:
-                rows = await db.fetch(_CREATE_SINGLE_PLAIN, *single)
-            except asyncpg.UniqueViolationError:
-                rows = []
-    else:
-        args = (
-            meta.tenant,
-            [type_name(e) for e in s.events],
-            [encode(e) for e in s.events],
-            [meta_json] * n,
-        )
-        if s.expected > 0:
-            rows = await db.fetch(_ADVANCE_ONE, s.stream_id, n, s.expected, *args)
-        else:
-            rows = await db.fetch(_CREATE_ONE, s.stream_id, n, *args)
+async def _append_single(db: Executor, s: AppendStream, meta: EventMeta) -> list[Appended]:
+    event = s.events[0]
+    args: tuple[Any, ...] = (
+        s.stream_id,
+        meta.tenant,
+        type_name(event),
+        encode(event),
+        _META_ENCODER.encode(s.meta or meta).decode(),
+    )
+    if s.expected > 0:
+        args += (s.expected,)
+    try:
+        rows = await db.fetch(_SINGLE[s.expected > 0, _in_transaction(db)], *args)
+    except asyncpg.UniqueViolationError:
+        rows = []
     if not rows:
-        found = await db.fetch("SELECT version FROM streams WHERE stream_id = $1", s.stream_id)
-        raise ConcurrencyError(s.stream_id, s.expected, found[0]["version"] if found else 0)
+        actual = await db.fetch("SELECT max(version) FROM events WHERE stream_id = $1", s.stream_id)
+        raise ConcurrencyError(s.stream_id, s.expected, actual[0][0] or 0)
     return [Appended(r[0], r[1], r[2], r[3]) for r in rows]
 
 
@@ -297,10 +265,20 @@ async def command(
     sql = _COMMANDS.get(rows_sql)
     if sql is None:
         sql = _COMMANDS[rows_sql] = _APPEND_CTE + rows_sql + _APPEND_RESULT
-    return await _call(db, sql, streams, meta, rows.decode())
+    try:
+        return await _call(db, sql, streams, meta, rows.decode())
+    except _LostRace as lost:
+        raise lost.error from None
 
 
 _COMMANDS: dict[str, str] = {}
+
+
+class _LostRace(Exception):
+    """A concurrent writer committed the version this append was to write (unique violation)."""
+
+    def __init__(self, error: ConcurrencyError) -> None:
+        self.error = error
 
 
 async def _call(
@@ -338,17 +316,32 @@ async def _call(
             *extra,
         )
     except asyncpg.PostgresError as exc:
-        raise _translate(exc) from None
-    return [Appended(r[0], r[1], r[2], r[3]) for r in rows]
+        raise _translate(exc, {s.stream_id: s.expected for s in ordered}) from None
+    # Inserted in stream order; returned in the events' own order (their positions').
+    return sorted((Appended(r[0], r[1], r[2], r[3]) for r in rows), key=lambda a: a.position)
 
 
-def _translate(exc: asyncpg.PostgresError) -> Exception:
+# asyncpg's detail of a unique violation: "Key (stream_id, version)=(<stream>, <n>) already
+# exists." (the stream id may hold any character, so the version is matched from the end).
+_DUPLICATE_VERSION = re.compile(
+    r"\AKey \(stream_id, version\)=\((?P<stream>.*), (?P<version>\d+)\)"
+)
+
+
+def _translate(exc: asyncpg.PostgresError, expected: dict[str, int]) -> Exception:
     if getattr(exc, "sqlstate", None) == "SL001":
         detail = json.loads(exc.detail or "{}")
         return ConcurrencyError(detail["stream"], int(detail["expected"]), int(detail["actual"]))
-    if isinstance(exc, asyncpg.UniqueViolationError):
-        # The (stream_id, version) backstop: a concurrent writer won the same version.
-        return ConcurrencyError("?", -1, -1)
+    if (
+        isinstance(exc, asyncpg.UniqueViolationError)
+        and exc.constraint_name == "events_stream_version"
+    ):
+        # A concurrent writer committed a version this append was to write: the stream is at
+        # that version at least.
+        found = _DUPLICATE_VERSION.match(exc.detail or "")
+        stream = found["stream"] if found and found["stream"] in expected else "?"
+        actual = int(found["version"]) if found and stream != "?" else -1
+        return _LostRace(ConcurrencyError(stream, expected.get(stream, -1), actual))
     return exc  # type: ignore[no-any-return]
 
 

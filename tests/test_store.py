@@ -216,6 +216,35 @@ class TestRace:
         assert results.count(True) == 1
         assert await versions(pool, "new") == [1]
 
+    async def test_multi_stream_appends_in_opposite_orders_queue_without_deadlock(
+        self, pool: asyncpg.Pool
+    ) -> None:
+        # Each pair creates the same two streams, one naming them a, b and the other b, a.
+        # Inserted in the order given, each could hold one stream's index entry and wait on the
+        # other's (a deadlock, broken only after deadlock_timeout); sorted, the second waits on
+        # the first and then loses cleanly, naming a stream the winner wrote.
+        async def contender(k: int, names: list[str]) -> ConcurrencyError | None:
+            try:
+                await store.append(
+                    pool, [AppendStream(f"{n}{k}", NO_STREAM, [cancelled(k)]) for n in names], META
+                )
+            except ConcurrencyError as lost:
+                return lost
+            return None
+
+        rounds = await asyncio.gather(
+            *(asyncio.gather(contender(k, ["a", "b"]), contender(k, ["b", "a"])) for k in range(40))
+        )
+        for k, outcome in enumerate(rounds):
+            lost = [e for e in outcome if e is not None]
+            assert len(lost) == 1, outcome
+            assert (lost[0].stream, lost[0].expected, lost[0].actual) in {
+                (f"a{k}", NO_STREAM, 1),
+                (f"b{k}", NO_STREAM, 1),
+            }
+            assert await versions(pool, f"a{k}") == [1]
+            assert await versions(pool, f"b{k}") == [1]
+
 
 class TestReadAllNeverSkips:
     async def test_a_later_commit_waits_behind_an_open_earlier_transaction(
@@ -286,6 +315,19 @@ class TestImmutability:
         with pytest.raises(asyncpg.PostgresError, match="events are immutable"):
             await pool.execute(statement)
         assert await pool.fetchval("SELECT type FROM events") == "BookingCancelled"
+
+    async def test_migrate_drops_the_old_table_of_stream_versions(
+        self, pool: asyncpg.Pool, database_url: str
+    ) -> None:
+        from service.db import migrate
+
+        # Earlier schema versions kept each stream's version in `streams`; a version is now the
+        # newest event's, and the table, derived data, goes on the next migrate.
+        await pool.execute("CREATE TABLE streams (stream_id text PRIMARY KEY, version bigint)")
+        await migrate(database_url)
+        assert await pool.fetchval("SELECT to_regclass('streams')") is None
+        await append_one(pool, "s", NO_STREAM)
+        assert await append_one(pool, "s", 1) == 2
 
     async def test_schema_can_be_applied_again(self, database_url: str) -> None:
         from service.db import migrate
