@@ -142,7 +142,7 @@ _APPEND_CTE = """
 WITH input AS (
     SELECT i.stream_id, i.expected, i.n
       FROM unnest($2::text[], $3::bigint[], $4::bigint[]) AS i(stream_id, expected, n)
-), current AS (
+), current AS MATERIALIZED (  -- one probe per stream (inlined, `moved` would probe twice)
     SELECT i.stream_id, i.expected, i.n,
            coalesce((SELECT max(e.version) FROM events AS e WHERE e.stream_id = i.stream_id), 0)
                AS version
@@ -191,6 +191,10 @@ async def append(db: Executor, streams: Sequence[AppendStream], meta: EventMeta)
     STREAM_EXISTS take the version they find; one that loses a race to a concurrent writer is
     tried again, unless `db` is in a transaction (which the lost race aborted).
     """
+    if not any(s.events for s in streams):
+        raise ValueError("an append needs at least one event")
+    if any(s.expected < STREAM_EXISTS for s in streams):
+        raise ValueError("an expected version is a number >= 0, NO_STREAM, ANY or STREAM_EXISTS")
     if (
         len(streams) == 1
         and len(streams[0].events) == 1

@@ -121,7 +121,9 @@ class TestMultiStreamAppend:
             META,
         )
         assert [(a.stream_id, a.version) for a in out] == [("b", 1), ("b", 2), ("a", 1)]
-        assert [a.position for a in out] == sorted(a.position for a in out)
+        # The log holds them in the order given (rows go in sorted by stream; positions do not).
+        logged = await pool.fetch("SELECT stream_id, version FROM events ORDER BY position")
+        assert [tuple(r) for r in logged] == [("b", 1), ("b", 2), ("a", 1)]
 
     async def test_a_wrong_second_stream_writes_nothing_to_either(self, pool: asyncpg.Pool) -> None:
         await append_one(pool, "first", NO_STREAM)
@@ -216,13 +218,44 @@ class TestRace:
         assert results.count(True) == 1
         assert await versions(pool, "new") == [1]
 
-    async def test_multi_stream_appends_in_opposite_orders_queue_without_deadlock(
+    async def test_a_multi_stream_append_takes_its_streams_in_sorted_order(
         self, pool: asyncpg.Pool
     ) -> None:
-        # Each pair creates the same two streams, one naming them a, b and the other b, a.
-        # Inserted in the order given, each could hold one stream's index entry and wait on the
-        # other's (a deadlock, broken only after deadlock_timeout); sorted, the second waits on
-        # the first and then loses cleanly, naming a stream the winner wrote.
+        # Appends naming the same streams in different orders must wait on one another in one
+        # order, or each could hold one stream's index entry and wait on the other's (a deadlock,
+        # broken only after deadlock_timeout). Here `b` is being created by an open transaction;
+        # an append naming b, a must already hold `a` while it waits on `b`.
+        async with pool.acquire() as holder, pool.acquire() as probe:
+            tx = holder.transaction()
+            await tx.start()
+            await append_one(holder, "b", NO_STREAM)
+            waiting = asyncio.create_task(
+                store.append(
+                    pool,
+                    [
+                        AppendStream("b", NO_STREAM, [cancelled(1)]),
+                        AppendStream("a", NO_STREAM, [cancelled(2)]),
+                    ],
+                    META,
+                )
+            )
+            while not await probe.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query LIKE '%INSERT INTO events%'"
+            ):
+                assert not waiting.done(), waiting
+                await asyncio.sleep(0.01)
+            with pytest.raises(asyncpg.LockNotAvailableError):
+                async with probe.transaction():
+                    await probe.execute("SET LOCAL lock_timeout = '100ms'")
+                    await append_one(probe, "a", NO_STREAM)
+            await tx.rollback()
+            got = await waiting
+        assert [(x.stream_id, x.version) for x in got] == [("b", 1), ("a", 1)]
+
+    async def test_opposite_orders_leave_one_winner_and_name_the_stream_lost(
+        self, pool: asyncpg.Pool
+    ) -> None:
         async def contender(k: int, names: list[str]) -> ConcurrencyError | None:
             try:
                 await store.append(
@@ -244,6 +277,32 @@ class TestRace:
             }
             assert await versions(pool, f"a{k}") == [1]
             assert await versions(pool, f"b{k}") == [1]
+
+    async def test_a_lost_single_append_in_a_transaction_leaves_it_usable(
+        self, pool: asyncpg.Pool
+    ) -> None:
+        await append_one(pool, "s", NO_STREAM)
+        async with pool.acquire() as conn, conn.transaction():
+            with pytest.raises(ConcurrencyError) as err:
+                await append_one(conn, "s", NO_STREAM)
+            assert err.value.actual == 1
+            assert await append_one(conn, "s", 1) == 2
+        assert await versions(pool, "s") == [1, 2]
+
+    @pytest.mark.parametrize(
+        "streams",
+        [
+            [AppendStream("s", NO_STREAM, [])],
+            [AppendStream("s", NO_STREAM, []), AppendStream("t", 1, [])],
+            [AppendStream("s", -4, [cancelled()])],
+        ],
+    )
+    async def test_an_append_without_events_or_with_an_unknown_expectation_is_refused(
+        self, pool: asyncpg.Pool, streams: list[AppendStream]
+    ) -> None:
+        with pytest.raises(ValueError):
+            await store.append(pool, streams, META)
+        assert await pool.fetchval("SELECT count(*) FROM events") == 0
 
 
 class TestReadAllNeverSkips:
