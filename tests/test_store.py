@@ -240,8 +240,8 @@ class TestRace:
                 )
             )
             while not await probe.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND query LIKE '%INSERT INTO events%'"
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO events%'"
             ):
                 assert not waiting.done(), waiting
                 await asyncio.sleep(0.01)
