@@ -20,6 +20,8 @@ from operator import itemgetter
 from typing import Literal
 from zoneinfo import ZoneInfo
 
+import msgspec
+
 __all__ = [
     "WEEKDAYS",
     "Busy",
@@ -46,9 +48,9 @@ _DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 Window = tuple[datetime, datetime]
 
 
-@dataclass(frozen=True, slots=True)
-class Busy:
-    """A booking or a hold on one resource."""
+class Busy(msgspec.Struct, frozen=True):
+    """A booking or a hold on one resource. (A msgspec Struct rather than a frozen dataclass: an
+    availability query makes hundreds, and a Struct is built several times faster.)"""
 
     start: datetime  # the booking's own time
     end: datetime
@@ -105,8 +107,7 @@ class SlotRules:
             raise ValueError("buffers must not be negative")
 
 
-@dataclass(frozen=True, slots=True)
-class Slot:
+class Slot(msgspec.Struct, frozen=True):
     """An offered slot: [start, end) in UTC, and the resource(s) it would be booked on."""
 
     start: datetime  # UTC
@@ -402,10 +403,12 @@ def _block_start(entry: Busy) -> datetime:
 def _in_utc(entry: Busy) -> Busy:
     """The entry with every datetime in UTC, so that entries can be ordered among themselves
     (datetimes sharing one ZoneInfo compare by wall clock, wrongly around a fall-back)."""
-    times = (entry.start, entry.end, entry.block_start, entry.block_end)
-    if all(moment.tzinfo is UTC for moment in times):
+    start, end, block_start, block_end = entry.start, entry.end, entry.block_start, entry.block_end
+    if start.tzinfo is end.tzinfo is block_start.tzinfo is block_end.tzinfo is UTC:
         return entry
-    start, end, block_start, block_end = (moment.astimezone(UTC) for moment in times)
+    start, end, block_start, block_end = (
+        moment.astimezone(UTC) for moment in (start, end, block_start, block_end)
+    )
     return Busy(start, end, block_start, block_end, entry.expires_at)
 
 
@@ -565,7 +568,8 @@ def compute_slots(
     ]
 
     slots: list[Slot] = []
-    if assignment == "all":
+    # One calendar: round robin has no one to choose between, so it is the collective case.
+    if assignment == "all" or len(calendars) == 1:
         shared = windows[0]
         for other in windows[1:]:
             shared = _intersect(shared, other)

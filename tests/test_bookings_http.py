@@ -4,7 +4,7 @@ OnSched, Cal.com) and every lifecycle route."""
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from tests.conftest import Api
 from tests.helpers import (
@@ -207,6 +207,43 @@ class TestCalComRules:
         assert at(day, "10:45") in free
         # Buffers of two bookings may overlap each other.
         await hold(api, "call", at(day, "10:45"), confirm=True, customer={"name": "b"})
+
+    async def test_bookings_just_outside_the_queried_range_still_block_it(self, api: Api) -> None:
+        # Availability reads only the claims whose blocked time can reach a candidate's: one
+        # ending before the range that the first candidates' buffers reach back to, and one
+        # starting after it whose buffer the last candidate (which may end after the range)
+        # runs into.
+        day = weekday_ahead(4)  # a Friday
+        await resource(
+            api, "edge", weekly={"fri": [["22:00", "24:00"]], "sat": [["00:00", "02:00"]]}
+        )
+        await service(
+            api,
+            "gap",
+            ["edge"],
+            duration_minutes=20,
+            slot_interval_minutes=10,
+            buffer_before_minutes=30,
+        )
+        saturday = day + timedelta(days=1)
+        await hold(api, "gap", at(day, "23:40"), confirm=True, customer={"name": "a"})
+        await hold(api, "gap", at(saturday, "01:30"), confirm=True, customer={"name": "b"})
+
+        async def free(start: str, end: str) -> list[datetime]:
+            r = await api.get(
+                "/v1/availability",
+                params={
+                    "service": "gap",
+                    "from": iso(at(saturday, start)),
+                    "to": iso(at(saturday, end)),
+                },
+            )
+            assert r.status_code == 200, r.text
+            return [parse(s["start"]) for s in r.json()["data"]]
+
+        # 00:00-00:20 would have their buffers overlap 23:40-24:00; 00:50-01:10 would overlap
+        # the second booking's buffer (01:00-01:30).
+        assert await free("00:00", "00:55") == [at(saturday, "00:30"), at(saturday, "00:40")]
 
     async def test_minimum_notice_and_horizon(self, api: Api) -> None:
         await resource(

@@ -23,7 +23,7 @@ from service.api.common import (
     wait_for_position,
 )
 from service.api.schemas import AvailabilityByDay, AvailabilityView, DaySlots, SlotView
-from service.availability import Busy, Slot, compute_slots
+from service.availability import Busy, Slot, SlotRules, compute_slots
 from service.decider import calendar, duration_for, selected_resources, slot_rules
 from service.errors import ValidationFailed
 from service.openapi import MIN_POSITION, Op, Param
@@ -32,27 +32,39 @@ MAX_RANGE = timedelta(days=62)
 
 
 async def busy_by_resource(
-    request: Request, tenant: str, resource_ids: list[str], start: datetime, end: datetime
+    request: Request, tenant: str, resource_ids: list[str], lo: datetime, hi: datetime
 ) -> dict[str, list[Busy]]:
-    """Active-or-held claims on the resources around [start, end) (holds are filtered by expiry
-    in the slot computation, at the `now` of this request)."""
+    """Active-or-held claims on the resources whose blocked time overlaps [lo, hi) (holds are
+    filtered by expiry in the slot computation, at the `now` of this request)."""
     rows = await pool(request).fetch(
         "SELECT DISTINCT ON (resource_id, claim_id) resource_id, start_at, end_at, block_start, "
         "block_end, expires_at FROM rm_busy WHERE tenant_id = $1 AND resource_id = ANY($2::text[]) "
         "AND day BETWEEN $3 AND $4 AND block_start < $6 AND block_end > $5",
         tenant,
         resource_ids,
-        (start - timedelta(days=2)).date(),
-        (end + timedelta(days=2)).date(),
-        start - timedelta(days=2),
-        end + timedelta(days=2),
+        lo.date(),
+        hi.date(),
+        lo,
+        hi,
     )
     out: dict[str, list[Busy]] = {r: [] for r in resource_ids}
-    for r in rows:
-        out[r["resource_id"]].append(
-            Busy(r["start_at"], r["end_at"], r["block_start"], r["block_end"], r["expires_at"])
-        )
+    for resource_id, start_at, end_at, block_start, block_end, expires_at in rows:
+        out[resource_id].append(Busy(start_at, end_at, block_start, block_end, expires_at))
     return out
+
+
+def busy_range(
+    rules: SlotRules, start: datetime, end: datetime, *, counted: bool
+) -> tuple[datetime, datetime]:
+    """The span whose claims the slots of [start, end) depend on: those whose blocked time
+    reaches a candidate's (a candidate starts before `end` and lasts `rules.duration`, buffers
+    around it), and, when round robin chooses among several resources by their bookings on the
+    candidate's local date (`counted`), those starting within two days of the range."""
+    margin = timedelta(days=2) if counted else timedelta(0)
+    return (
+        start - rules.buffer_before - margin,
+        end + rules.duration + rules.buffer_after + margin,
+    )
 
 
 def render_slot(slot: Slot, zone: ZoneInfo) -> SlotView:
@@ -95,7 +107,9 @@ async def get_availability(request: Request) -> Response:
     else:
         chosen = sorted(service.resources)
     rules = slot_rules(service, duration)
-    busy = await busy_by_resource(request, principal.tenant_id, chosen, start, end)
+    counted = service.assignment == "any" and len(chosen) > 1
+    lo, hi = busy_range(rules, start, end, counted=counted)
+    busy = await busy_by_resource(request, principal.tenant_id, chosen, lo, hi)
     calendars = [calendar(catalogue[r], busy[r]) for r in chosen if r in catalogue]
     if service.assignment == "all" and len(calendars) < len(chosen):
         calendars = []
