@@ -21,13 +21,13 @@ the key's primary key, rolls back its own events, and returns the stored answer.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import asyncpg
+import msgspec
 
 from projections.engine import rows_payload
 from service import store
@@ -341,7 +341,7 @@ class Commands:
         by_version = {(a.stream_id, a.version): a for a in appended}
         for stream_id, events in pending.items():
             done.new[stream_id] = [
-                dataclasses.replace(
+                msgspec.structs.replace(
                     e,
                     position=by_version[(stream_id, e.version)].position,
                     recorded_at=by_version[(stream_id, e.version)].recorded_at,

@@ -74,16 +74,16 @@ class AppendStream:
     meta: EventMeta | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Appended:
+# Appended and RecordedEvent are msgspec Structs rather than frozen dataclasses: every event read
+# or written makes one, and a Struct is built about ten times faster.
+class Appended(msgspec.Struct, frozen=True):
     stream_id: str
     version: int
     position: int
     recorded_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class RecordedEvent:
+class RecordedEvent(msgspec.Struct, frozen=True):
     position: int
     transaction_id: int
     stream_id: str
