@@ -191,8 +191,10 @@ class TestDelivery:
                 await eventually(one)
         finally:
             receiver.stop()
-        assert [r.json["type"] for r in receiver.received] == ["BookingCancelled"]
-        assert receiver.received[0].json["data"]["booking_id"] == made[1]["id"]
+        # At least once: an attempt that outlived FAST's 0.5 s timeout on a busy machine is sent
+        # again, so the one event may arrive twice, but nothing else may.
+        assert {r.json["type"] for r in receiver.received} == {"BookingCancelled"}
+        assert {r.json["data"]["booking_id"] for r in receiver.received} == {made[1]["id"]}
 
     async def test_a_hanging_receiver_holds_back_only_its_own_subscription(
         self, api: Api, database_url: str
@@ -224,7 +226,9 @@ class TestDelivery:
         assert all(d["status"] == "pending" for d in slow)
         assert "timed out" in slow[0]["attempts"][0]["error"]
         assert all(d["attempt_count"] == 0 for d in slow[1:])
-        assert [r.json["position"] for r in healthy.received] == expected
+        got = [r.json["position"] for r in healthy.received]
+        assert list(dict.fromkeys(got)) == expected  # every event, at least once (see above)
+        assert got == sorted(got)  # never out of order
 
     async def test_gives_up_after_the_retry_period_and_moves_on(
         self, api: Api, database_url: str
