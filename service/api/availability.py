@@ -36,6 +36,7 @@ async def busy_by_resource(
 ) -> dict[str, list[Busy]]:
     """Active-or-held claims on the resources whose blocked time overlaps [lo, hi) (holds are
     filtered by expiry in the slot computation, at the `now` of this request)."""
+    lo, hi = lo.astimezone(UTC), hi.astimezone(UTC)  # day streams are UTC days
     rows = await pool(request).fetch(
         "SELECT DISTINCT ON (resource_id, claim_id) resource_id, start_at, end_at, block_start, "
         "block_end, expires_at FROM rm_busy WHERE tenant_id = $1 AND resource_id = ANY($2::text[]) "
