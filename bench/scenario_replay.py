@@ -3,8 +3,8 @@ ordered read-and-decode of the same rows measured in the same run. Bar: ≥ 50 %
 
 The log is topped up to the target with confirmed bookings (SlotHeld + BookingConfirmed in
 booking streams, TimeClaimed in day streams of 100 claims), written by COPY (bench/seed.py;
-inserts only, the immutability triggers stay on). The
-events earlier scenarios wrote count too, so the log holds a realistic mix.
+inserts only, the immutability triggers stay on). The events earlier scenarios wrote count too,
+so the log holds a realistic mix.
 
 - bare: `SELECT data::text FROM events ORDER BY position` through a server-side cursor in
   batches of 10,000 rows, each row decoded by msgspec into `service.events.AnyEvent`; run before
