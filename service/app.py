@@ -30,7 +30,7 @@ from service.api import events as events_api
 from service.api import webhooks as webhooks_api
 from service.api.schemas import Health
 from service.background import Background
-from service.batching import SeatBatcher
+from service.batching import HoldBatcher, SeatBatcher
 from service.db import create_pool
 from service.errors import ApiError, Unavailable, ValidationFailed
 from service.logs import configure_logging, log
@@ -197,6 +197,7 @@ def create_app(database_url: str | None = None, *, background: bool = True) -> S
         jobs = Background(url, pool, metrics)  # commands, workers, wake-ups
         app.state.commands = jobs.commands
         app.state.seat_batcher = SeatBatcher(jobs.commands)
+        app.state.hold_batcher = HoldBatcher(jobs.commands)
         app.state.keys = KeyCache()
         app.state.workers = jobs.workers
         if background:

@@ -1,52 +1,82 @@
-"""Group commit for seat bookings on one session.
+"""Group commit: concurrent commands of one kind in one process, decided together and committed
+in one append.
 
-All seat bookings of a session compare-and-set its one stream, so they serialise, and each pays a
-durable commit of its own (a few milliseconds of WAL flush): a popular class could not take more
-than a few hundred bookings a second however fast the rest is. Here, concurrent requests for the
-same session in one process are decided together, in arrival order, against one read of the
-session (each decision sees the seats the ones before it took), and committed in one append;
-every request still gets its own answer (its booking, or its own refusal such as
-not_enough_seats). Invariants are untouched: the batch is one decision appended with the expected
-version of the session stream, retried on conflict like any command.
+Every command pays a round trip and a durable commit of its own (a few milliseconds of WAL flush
+on a busy disk), and all seat bookings of a session compare-and-set its one stream, so they
+serialise: a popular class could not take more than a few hundred bookings a second however fast
+the rest is, and a worker spends a large share of each hold on sending its statement. Here,
+requests that arrive while a batch of the same key is in flight queue up, and the next batch
+decides them in arrival order against one read (each decision sees what the ones before it
+decided: `Reader.stage`), then commits them in one append. Every request still gets its own
+answer (its booking, or its own refusal such as slot_unavailable or not_enough_seats), and every
+event carries its own request's metadata.
+
+Invariants are untouched: a batch is one decision, appended with the expected version of every
+stream it read or relied on, and retried on conflict like any command (service/handler.py). A
+refusal decided in a batch that commits was decided on state that the commit proved current; a
+batch that only refuses, on remembered state, is decided again on fresh state.
+
+- Seats: keyed by session stream; one fold of the session for the whole batch.
+- Holds: keyed by tenant (an append records one tenant), so holds on different resources share
+  commits too. One read for the batch: the streams each hold will read (as planned from the
+  service this process saw last) are read together, or served from the decision cache.
+
+Commands with an Idempotency-Key are not batched: each stores its own answer beside its events.
 """
 
 from __future__ import annotations
 
 import asyncio
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 from service import streams
-from service.commands import AddSeats
-from service.decider import Appends, decide_add_seats, merge
+from service.commands import AddSeats, HoldSlot
+from service.decider import Appends, decide_add_seats
 from service.errors import ApiError
 from service.events import EventMeta, SeatsClaimed
 from service.handler import Commands, Done, Reader, Stored
-from service.usecases import session_of
+from service.usecases import hold_decision, hold_streams, session_of
 
+#: Requests decided together at most: bounds a batch's statement and its time in the decider.
 MAX_BATCH: Final = 100
+
+C = TypeVar("C", AddSeats, HoldSlot)
 
 
 @dataclass(slots=True)
-class _Request:
-    cmd: AddSeats
+class _Request(Generic[C]):
+    cmd: C
     meta: EventMeta
     answer: asyncio.Future[Done] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
 
 
-class SeatBatcher:
-    """Per-process queues of seat bookings by session stream, each drained by one task."""
+class _Batcher(ABC, Generic[C]):
+    """Per-process queues by key, each drained by one task: a request that finds no batch of
+    its key in flight starts one at once (no waiting for company), and requests that arrive
+    meanwhile form the next."""
+
+    recall = False
 
     def __init__(self, commands: Commands) -> None:
         self.commands = commands
-        self._queues: dict[str, list[_Request]] = {}
+        self._queues: dict[str, list[_Request[C]]] = {}
 
-    async def submit(self, cmd: AddSeats, meta: EventMeta) -> Done:
-        """Book; returns the committed Done (its booking stream is the request's), or raises
-        the request's own ApiError."""
-        key = streams.session(cmd.tenant, cmd.session_id)
+    @abstractmethod
+    def key(self, cmd: C) -> str: ...
+
+    @abstractmethod
+    async def decide(self, r: Reader, key: str, batch: list[_Request[C]]) -> dict[int, ApiError]:
+        """Decide every request of `batch` in order, staging each decision in `r`
+        (`Reader.stage`); return the refusals by index in the batch."""
+
+    async def submit(self, cmd: C, meta: EventMeta) -> Done:
+        """Run one command; returns the committed Done (which holds the request's own streams
+        beside others'), or raises the request's own ApiError."""
+        key = self.key(cmd)
         request = _Request(cmd, meta)
         queue = self._queues.get(key)
         if queue is None:
@@ -65,33 +95,17 @@ class SeatBatcher:
             batch, self._queues[key] = queue[:MAX_BATCH], queue[MAX_BATCH:]
             await self._run(key, batch)
 
-    async def _run(self, key: str, batch: list[_Request]) -> None:
+    async def _run(self, key: str, batch: list[_Request[C]]) -> None:
         refused: dict[int, ApiError] = {}
 
         async def decide(r: Reader) -> Appends:
             refused.clear()
-            loaded, _ = await r.read([key])
-            state = session_of(loaded[key])
-            parts: list[Appends] = []
-            for n, request in enumerate(batch):
-                try:
-                    appends = decide_add_seats(request.cmd, state)
-                except ApiError as exc:
-                    refused[n] = exc
-                    continue
-                own = streams.booking(request.cmd.tenant, request.cmd.booking_id)
-                r.new_stream(own)
-                r.metas[own] = request.meta
-                for event in appends.get(key, []):
-                    if isinstance(event, SeatsClaimed):
-                        state.evolve(event)
-                parts.append(appends)
-            return merge(*parts)
+            refused.update(await self.decide(r, key, batch))
+            return r.staged_appends()
 
         try:
-            # One append for the batch. Each booking's events carry its own request's metadata;
-            # the session stream's, the first request's.
-            done = await self.commands.run(batch[0].meta, decide)
+            # One append for the batch; each event carries its own request's metadata.
+            done = await self.commands.run(batch[0].meta, decide, recall=self.recall)
         except Exception as exc:
             for request in batch:
                 if not request.answer.done():
@@ -105,3 +119,59 @@ class SeatBatcher:
                 request.answer.set_exception(refused[n])
             else:
                 request.answer.set_result(done)
+
+
+class SeatBatcher(_Batcher[AddSeats]):
+    """Seat bookings, by session stream."""
+
+    def key(self, cmd: AddSeats) -> str:
+        return streams.session(cmd.tenant, cmd.session_id)
+
+    async def decide(
+        self, r: Reader, key: str, batch: list[_Request[AddSeats]]
+    ) -> dict[int, ApiError]:
+        refused: dict[int, ApiError] = {}
+        loaded, _ = await r.read([key])
+        state = session_of(loaded[key])
+        for n, request in enumerate(batch):
+            try:
+                appends = decide_add_seats(request.cmd, state)
+            except ApiError as exc:
+                refused[n] = exc
+                continue
+            r.new_stream(streams.booking(request.cmd.tenant, request.cmd.booking_id))
+            r.stage(appends, request.meta)
+            for event in appends.get(key, []):
+                if isinstance(event, SeatsClaimed):
+                    state.evolve(event)
+        return refused
+
+
+class HoldBatcher(_Batcher[HoldSlot]):
+    """Holds, by tenant; decided on what this process remembers when it can (service/cache.py)."""
+
+    recall = True
+
+    def key(self, cmd: HoldSlot) -> str:
+        return cmd.tenant
+
+    async def decide(
+        self, r: Reader, key: str, batch: list[_Request[HoldSlot]]
+    ) -> dict[int, ApiError]:
+        full: list[str] = []
+        latest: list[str] = []
+        for request in batch:
+            ledgers, catalogue = hold_streams(request.cmd)
+            full += ledgers
+            latest += catalogue
+        await r.read(full, latest)  # one read (or none) for the batch; each decision reads again
+        refused: dict[int, ApiError] = {}
+        for n, request in enumerate(batch):
+            try:
+                appends = await hold_decision(request.cmd)(r)
+            except ApiError as exc:
+                refused[n] = exc
+                r.drop_new(streams.booking(request.cmd.tenant, request.cmd.booking_id))
+                continue
+            r.stage(appends, request.meta)
+        return refused

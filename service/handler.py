@@ -68,8 +68,11 @@ class Reader:
         self.newest: dict[str, RecordedEvent] = {}
         #: Streams served from the cache, with the version the decision relies on.
         self.checks: dict[str, int] = {}
-        #: Per-stream metadata, when one decision carries several requests (service/batching.py).
-        self.metas: dict[str, EventMeta] = {}
+        #: Events decided by the earlier requests of a batch (service/batching.py), not yet
+        #: appended: `read` returns them after the stream's stored events, so that each
+        #: decision sees the ones before it. With the metadata of each one's own request.
+        self.staged: Loaded = {}
+        self.staged_metas: dict[str, list[EventMeta]] = {}
 
     async def read(
         self, full: Sequence[str], latest: Sequence[str] = ()
@@ -91,7 +94,10 @@ class Reader:
             self.whole.update(got)
             self.newest.update(found)
         return (
-            {s: self.loaded[s] for s in full},
+            {
+                s: self.loaded[s] + self.staged[s] if s in self.staged else self.loaded[s]
+                for s in full
+            },
             {s: self.newest[s] for s in latest if s in self.newest},
         )
 
@@ -135,6 +141,44 @@ class Reader:
             self.loaded[stream_id] = []
             self.versions[stream_id] = 0
             self.whole.add(stream_id)
+
+    def drop_new(self, stream_id: str) -> None:
+        """Forget a stream declared with `new_stream` by a decision that was refused in a batch:
+        nothing creates it, so nothing is to be remembered of it."""
+        if (
+            stream_id in self.whole
+            and not self.loaded.get(stream_id)
+            and stream_id not in self.staged
+        ):
+            self.loaded.pop(stream_id, None)
+            self.versions.pop(stream_id, None)
+            self.whole.discard(stream_id)
+
+    def stage(self, appends: Appends, meta: EventMeta) -> None:
+        """Keep one request's decision in a batch, recorded with its own `meta`; the batch's
+        decision is `staged_appends()`, every staged event in order."""
+        for stream_id, events in appends.items():
+            if not events:
+                continue
+            staged = self.staged.setdefault(stream_id, [])
+            base = self.versions[stream_id] + len(staged)
+            staged.extend(
+                RecordedEvent(
+                    position=0,
+                    transaction_id=0,
+                    stream_id=stream_id,
+                    version=base + i,
+                    tenant_id=meta.tenant,
+                    event=event,  # type: ignore[arg-type]
+                    metadata=meta,
+                    recorded_at=store.PENDING,
+                )
+                for i, event in enumerate(events, 1)
+            )
+            self.staged_metas.setdefault(stream_id, []).extend([meta] * len(events))
+
+    def staged_appends(self) -> Appends:
+        return {s: [e.event for e in events] for s, events in self.staged.items()}
 
     def remember(self, done: Done) -> None:
         """After the commit: keep what this command read and wrote for the next one."""
@@ -319,7 +363,12 @@ class Commands:
         missing = [s for s in appends if s not in reader.versions]
         assert not missing, f"decision appends to streams it did not read: {missing}"
         batch = [
-            AppendStream(s, reader.versions[s] or store.NO_STREAM, events, reader.metas.get(s))
+            AppendStream(
+                s,
+                reader.versions[s] or store.NO_STREAM,
+                events,
+                metas=reader.staged_metas.get(s, ()),
+            )
             for s, events in appends.items()
             if events
         ]
@@ -332,9 +381,7 @@ class Commands:
         # Fold the read models before appending (positions and times still unknown: the
         # database fills them in), so events and rows go in one round trip.
         pending = {
-            b.stream_id: _recorded(b, reader.versions[b.stream_id], b.meta or meta)
-            for b in batch
-            if b.events
+            b.stream_id: _recorded(b, reader.versions[b.stream_id], meta) for b in batch if b.events
         }
         rows_sql, rows = rows_payload(reader.loaded, pending)
         appended = await store.command(conn, batch, meta, rows_sql, rows)
@@ -377,7 +424,7 @@ def _recorded(batch: AppendStream, base: int, meta: EventMeta) -> list[RecordedE
             version=base + i,
             tenant_id=meta.tenant,
             event=event,  # type: ignore[arg-type]
-            metadata=meta,
+            metadata=batch.meta_of(i - 1, meta),
             recorded_at=store.PENDING,
         )
         for i, event in enumerate(batch.events, 1)

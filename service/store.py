@@ -72,6 +72,13 @@ class AppendStream:
     events: Sequence[Event]
     #: Metadata for this stream's events when it differs from the append's (a batched command).
     meta: EventMeta | None = None
+    #: Metadata per event, one for each of `events`, when they come from several requests decided
+    #: together (service/batching.py); overrides `meta`.
+    metas: Sequence[EventMeta] = ()
+
+    def meta_of(self, index: int, default: EventMeta) -> EventMeta:
+        """The metadata the stream's `index`th event is recorded with."""
+        return self.metas[index] if self.metas else self.meta or default
 
 
 # Appended and RecordedEvent are msgspec Structs rather than frozen dataclasses: every event read
@@ -195,6 +202,8 @@ async def append(db: Executor, streams: Sequence[AppendStream], meta: EventMeta)
         raise ValueError("an append needs at least one event")
     if any(s.expected < STREAM_EXISTS for s in streams):
         raise ValueError("an expected version is a number >= 0, NO_STREAM, ANY or STREAM_EXISTS")
+    if any(s.metas and len(s.metas) != len(s.events) for s in streams):
+        raise ValueError("metas, when given, name one EventMeta per event")
     if (
         len(streams) == 1
         and len(streams[0].events) == 1
@@ -246,7 +255,7 @@ async def _append_single(db: Executor, s: AppendStream, meta: EventMeta) -> list
         meta.tenant,
         type_name(event),
         encode(event),
-        _META_ENCODER.encode(s.meta or meta).decode(),
+        _META_ENCODER.encode(s.meta_of(0, meta)).decode(),
     )
     if s.expected > 0:
         args += (s.expected,)
@@ -293,18 +302,26 @@ async def _call(
         raise ValueError("a stream may appear only once in one append")
     if any(not s.events and s.expected < NO_STREAM for s in ordered):
         raise ValueError("a stream checked without events needs an exact version or NO_STREAM")
-    meta_json = _META_ENCODER.encode(meta).decode()
+    if any(s.metas and len(s.metas) != len(s.events) for s in ordered):
+        raise ValueError("metas, when given, name one EventMeta per event")
+    encoded: dict[int, str] = {}  # id(EventMeta) -> JSON: a batch shares a few among many events
+
+    def meta_json(m: EventMeta) -> str:
+        text = encoded.get(id(m))
+        if text is None:
+            text = encoded[id(m)] = _META_ENCODER.encode(m).decode()
+        return text
+
     event_streams: list[str] = []
     types: list[str] = []
     data: list[str] = []
     metas: list[str] = []
     for s in streams:
-        own = _META_ENCODER.encode(s.meta).decode() if s.meta is not None else meta_json
-        for e in s.events:
+        for i, e in enumerate(s.events):
             event_streams.append(s.stream_id)
             types.append(type_name(e))
             data.append(encode(e))
-            metas.append(own)
+            metas.append(meta_json(s.meta_of(i, meta)))
     counts = {s.stream_id: len(s.events) for s in ordered}
     try:
         rows = await db.fetch(

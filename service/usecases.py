@@ -124,6 +124,17 @@ def _ledgers_for(cmd: HoldSlot, service: ServiceUpserted) -> tuple[list[str], li
     )
 
 
+def hold_streams(cmd: HoldSlot) -> tuple[list[str], list[str]]:
+    """What a hold will read, as planned from the service last seen here: (day ledgers,
+    the service and its resources); nothing when this process has not seen the service yet."""
+    svc = streams.service(cmd.tenant, cmd.service_id)
+    planned = _PLANS.get(svc)
+    if planned is None or not isinstance(planned.event, ServiceUpserted):
+        return [], []
+    ledgers, resources = _ledgers_for(cmd, planned.event)
+    return ledgers, [svc, *resources]
+
+
 def hold_decision(cmd: HoldSlot) -> Decide:
     tenant = cmd.tenant
     own = streams.booking(tenant, cmd.booking_id)

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 from tests.conftest import Api
-from tests.helpers import WEEKDAYS_9_TO_5, at, iso, weekday_ahead
+from tests.helpers import WEEKDAYS_9_TO_5, at, iso, resource, service, weekday_ahead
 
 
 async def test_concurrent_seat_requests_share_commits_and_get_their_own_answers(
@@ -59,3 +60,58 @@ async def test_concurrent_seat_requests_share_commits_and_get_their_own_answers(
         assert {e["request_id"] for e in history} == {request_id}
     listing = (await api.get("/v1/sessions/yoga")).json()
     assert listing["seats"]["taken"] == 10 and listing["seats"]["left"] == 0
+
+
+async def test_concurrent_holds_share_commits_each_with_its_own_answer_and_metadata(
+    api: Api,
+) -> None:
+    """Holds of one tenant sent together are decided together and committed together: holds on
+    one resource's day see one another (eight distinct hours all succeed, ten on one hour give
+    one 201), each answer is its own, and every event, the day ledgers' included, records the
+    request that caused it."""
+    day = weekday_ahead(2)
+    for n in range(3):
+        await resource(api, f"room{n}")
+        await service(api, f"svc{n}", [f"room{n}"])
+    wanted: list[tuple[str, str]] = [
+        (f"svc{n}", f"{h:02d}:00") for n in (0, 1) for h in range(9, 17)
+    ]  # 16 distinct hours: two rooms' whole days
+    wanted += [("svc2", "10:00")] * 10  # one contested hour
+    wanted += [("nope", "10:00")]  # a refusal of another kind in the same batches
+
+    async def send(n: int, service_id: str, hhmm: str) -> tuple[int, dict[str, Any], str]:
+        body = {"service": service_id, "start": iso(at(day, hhmm)), "customer": {"name": f"c{n}"}}
+        r = await api.post("/v1/bookings", body, headers={"X-Request-Id": f"hold-{n}"})
+        return r.status_code, r.json(), f"hold-{n}"
+
+    answers = await asyncio.gather(*(send(n, s, h) for n, (s, h) in enumerate(wanted)))
+    distinct, contested, unknown = answers[:16], answers[16:26], answers[26]
+    assert [s for s, _, _ in distinct] == [201] * 16, distinct
+    assert sorted(s for s, _, _ in contested) == [201] + [409] * 9
+    assert all(b["error"]["code"] == "slot_unavailable" for s, b, _ in contested if s == 409)
+    assert unknown[0] == 404 and unknown[1]["error"]["code"] == "not_found"
+    won = [(b, rid) for s, b, rid in answers if s == 201]
+    assert [b["start"] for b, _ in won[:16]] == [iso(at(day, h)) for _, h in wanted[:16]]
+    assert len({b["id"] for b, _ in won}) == 17
+
+    # Commits were shared: fewer transactions wrote the holds than there are holds.
+    transactions = await api.pool.fetchval(
+        "SELECT count(DISTINCT transaction_id) FROM events WHERE type = 'SlotHeld'"
+    )
+    assert 1 <= transactions < 17
+
+    # Each booking's event and its claim on the day ledger carry its own request id, although
+    # one append wrote the claims of several requests to one ledger stream.
+    request_of = {b["id"]: rid for b, rid in won}
+    rows = await api.pool.fetch(
+        "SELECT type, coalesce(data->>'booking_id', data->>'claim_id') AS booking, "
+        "metadata->>'request_id' AS request_id FROM events "
+        "WHERE type IN ('SlotHeld', 'TimeClaimed')"
+    )
+    assert sorted(r["type"] for r in rows) == ["SlotHeld"] * 17 + ["TimeClaimed"] * 17
+    assert all(r["request_id"] == request_of[r["booking"]] for r in rows), rows
+    per_ledger = await api.pool.fetch(
+        "SELECT stream_id, count(DISTINCT transaction_id) AS tx, count(*) AS n FROM events "
+        "WHERE type = 'TimeClaimed' GROUP BY stream_id"
+    )
+    assert any(r["n"] > r["tx"] for r in per_ledger)  # a ledger took several claims at once

@@ -30,7 +30,7 @@ from service.api.common import (
     wait_for_position,
 )
 from service.api.schemas import BookingPage, BookingView, HistoryEntry, HistoryView
-from service.batching import SeatBatcher
+from service.batching import HoldBatcher, SeatBatcher
 from service.catalogue import ID_PATTERN, check_metadata
 from service.commands import (
     AddSeats,
@@ -176,8 +176,14 @@ async def post_booking(request: Request) -> Response:
         confirm=body.confirm,
     )
     own = streams.booking(tenant, cmd.booking_id)
-    decide = hold_decision(cmd)
-    return await run_command(request, principal, decide, created(own, at), recall=True)
+    if idempotency(request) is not None:
+        decide = hold_decision(cmd)
+        return await run_command(request, principal, decide, created(own, at), recall=True)
+    # Without an Idempotency-Key, concurrent holds of a tenant share commits (group commit).
+    batcher: HoldBatcher = request.app.state.hold_batcher
+    done = await batcher.submit(cmd, meta(request, principal))
+    status, body = created(own, at)(done)
+    return Response(body, status, media_type="application/json")
 
 
 async def post_seats(request: Request) -> Response:
