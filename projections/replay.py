@@ -667,7 +667,7 @@ async def _apply_range(
     tables = {t.table: t.rebuild}
     applied = 0
     while True:
-        batch = await store.read_all(read, after, READ_CHUNK)
+        batch = await store.read_log(read, after, READ_CHUNK)
         if upto is not None:
             batch = [e for e in batch if e.checkpoint <= upto]
         if not batch:

@@ -35,21 +35,23 @@ import asyncpg
 from projections.stats import StatsProjection
 from service import store
 from service.logs import log
-from service.store import START, Checkpoint, RecordedEvent
+from service.store import START, Checkpoint, LogEntry
 
 CHANNEL: Final = "slotlog_events"
 LOCK_PROJECTOR: Final = 7320102
 
 
 class Consumer(Protocol):
-    """Anything that applies events in log order inside the caller's transaction."""
+    """Anything that applies events in log order inside the caller's transaction. Consumers
+    count and route events by tenant and type: they get LogEntry envelopes (store.read_log),
+    without the events' data and metadata."""
 
     name: str
 
     async def apply(
         self,
         conn: Any,
-        events: Sequence[RecordedEvent],
+        events: Sequence[LogEntry],
         *,
         tables: Mapping[str, str] | None = None,
     ) -> None: ...
@@ -118,11 +120,11 @@ async def run_batch(
 ) -> int:
     """Apply the next batch of at most `limit` events; returns how many were applied."""
     peek = await read_checkpoint(pool, consumer.name)
-    if not await store.read_all(pool, peek, 1):
+    if not await store.read_log(pool, peek, 1):
         return 0  # nothing to do: no transaction, no row lock, no xid
     async with pool.acquire() as conn, conn.transaction():
         checkpoint = await lock_checkpoint(conn, consumer.name)
-        events = await store.read_all(conn, checkpoint, limit)
+        events = await store.read_log(conn, checkpoint, limit)
         if not events:
             return 0
         await consumer.apply(conn, events)
@@ -179,7 +181,7 @@ class ProjectionRunner:
 
     async def _behind(self) -> bool:
         for consumer in self.consumers:
-            if await store.read_all(self.pool, await read_checkpoint(self.pool, consumer.name), 1):
+            if await store.read_log(self.pool, await read_checkpoint(self.pool, consumer.name), 1):
                 return True
         return False
 

@@ -109,6 +109,23 @@ class RecordedEvent(msgspec.Struct, frozen=True):
         return Checkpoint(self.transaction_id, self.position)
 
 
+class LogEntry(msgspec.Struct, frozen=True):
+    """An event without its data and metadata: what a consumer that counts or routes events by
+    type reads of the log (`read_log`), with no JSON to render or decode."""
+
+    position: int
+    transaction_id: int
+    stream_id: str
+    version: int
+    tenant_id: str
+    type: str
+    recorded_at: datetime
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        return Checkpoint(self.transaction_id, self.position)
+
+
 @dataclass(frozen=True, slots=True, order=True)
 class Checkpoint:
     """A subscriber's place in the log: the last (transaction_id, position) it has seen."""
@@ -433,15 +450,29 @@ async def read_all(
     (transaction_id < xmin of the current snapshot) are returned, so an event can never appear
     later behind the returned cursor. With `tenant`, only that tenant's events.
     """
+    rows = await _read_log(db, _COLUMNS, after, limit, tenant)
+    return [_recorded(r) for r in rows]
+
+
+_LOG_COLUMNS = "position, transaction_id, stream_id, version, tenant_id, type, recorded_at"
+
+
+async def read_log(db: Executor, after: Checkpoint = START, limit: int = 1000) -> list[LogEntry]:
+    """`read_all`'s events in its order, as LogEntry: without data and metadata."""
+    return [LogEntry(*r) for r in await _read_log(db, _LOG_COLUMNS, after, limit, None)]
+
+
+async def _read_log(
+    db: Executor, columns: str, after: Checkpoint, limit: int, tenant: str | None
+) -> list[Any]:
     tenant_clause = "AND tenant_id = $4" if tenant is not None else ""
     args: list[Any] = [after.transaction_id, after.position, limit]
     if tenant is not None:
         args.append(tenant)
-    rows = await db.fetch(
-        f"SELECT {_COLUMNS} FROM events "
+    return await db.fetch(
+        f"SELECT {columns} FROM events "
         "WHERE (transaction_id, position) > ($1::xid8, $2) "
         "AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) "
         f"{tenant_clause} ORDER BY transaction_id, position LIMIT $3",
         *args,
     )
-    return [_recorded(r) for r in rows]

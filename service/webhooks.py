@@ -39,7 +39,7 @@ import msgspec
 
 from projections.runner import env_float, run_batch
 from service.logs import log
-from service.store import RecordedEvent
+from service.store import LogEntry
 
 SIGNATURE_HEADER: Final = "Slotlog-Signature"
 LOCK_WEBHOOKS: Final = 7320103
@@ -100,7 +100,7 @@ class Dispatcher:
     async def apply(
         self,
         conn: Any,
-        events: Sequence[RecordedEvent],
+        events: Sequence[LogEntry],
         *,
         tables: Mapping[str, str] | None = None,
     ) -> None:

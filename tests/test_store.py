@@ -321,12 +321,20 @@ class TestReadAllNeverSkips:
             # T2 has committed, but T1 (lower position) is still open: the reader must not move
             # past T1, or it would never see T1's event.
             assert await store.read_all(pool) == []
+            assert await store.read_log(pool) == []  # the consumers' envelopes wait alike
             await tx1.commit()
         finally:
             await pool.release(t1)
         got = await store.read_all(pool)
         assert [e.stream_id for e in got] == ["one", "two"]
         assert [e.position for e in got] == [first[0].position, second[0].position]
+        # read_log: the same events in the same order, without data and metadata.
+        log = await store.read_log(pool)
+        assert [(e.checkpoint, e.stream_id, e.version, e.tenant_id, e.type) for e in log] == [
+            (e.checkpoint, e.stream_id, e.version, e.tenant_id, e.type) for e in got
+        ]
+        assert [e.recorded_at for e in log] == [e.recorded_at for e in got]
+        assert await store.read_log(pool, log[0].checkpoint) == log[1:]
 
     async def test_reading_after_a_checkpoint_resumes_without_loss(
         self, pool: asyncpg.Pool
