@@ -270,8 +270,13 @@ def _wall_to_utc(day: date, minutes: int, tz: ZoneInfo) -> datetime:
     return before + timedelta(seconds=high)
 
 
+_parse_time = functools.lru_cache(maxsize=4096)(
+    _parse_minutes
+)  # stored "HH:MM" strings, every hold
+
+
 def _calendar_minutes(cal: Calendar, value: str) -> int:
-    minutes = _parse_minutes(value)
+    minutes = _parse_time(value)
     if minutes is None:
         raise ValueError(f"calendar {cal.resource_id!r}: invalid time {value!r}, expected HH:MM")
     return minutes
@@ -390,9 +395,14 @@ def is_free(
     """
     start, end, now = _utc(start, "start"), _utc(end, "end"), _utc(now, "now")
     block_start, block_end = start - rules.buffer_before, end + rules.buffer_after
+    # _active and _conflicts, inlined: this runs over every claim of the day on every hold.
     return not any(
-        _active(entry, now) and _conflicts(entry, start, end, block_start, block_end)
-        for entry in busy
+        (e.expires_at is None or now < e.expires_at)
+        and (
+            (block_start < e.end and e.start < block_end)
+            or (start < e.block_end and e.block_start < end)
+        )
+        for e in busy
     )
 
 
@@ -490,10 +500,15 @@ def choose_resource(
     """The round-robin choice for one given [start, end): among the calendars where within_hours
     and is_free hold, the one with the fewest active busy entries starting on the same local date
     (in that calendar's zone) as `start`, ties broken by resource id; None if none can take it."""
+    able = [
+        cal
+        for cal in calendars
+        if within_hours(cal, start, end) and is_free(cal.busy, start, end, rules, now)
+    ]
+    if len(able) <= 1:
+        return able[0].resource_id if able else None  # nothing to count
     best: tuple[int, str] | None = None
-    for cal in calendars:
-        if not within_hours(cal, start, end) or not is_free(cal.busy, start, end, rules, now):
-            continue
+    for cal in able:
         day_start, day_end = _local_day(_utc(start), ZoneInfo(cal.timezone))
         count = sum(1 for b in cal.busy if _active(b, now) and day_start <= b.start < day_end)
         if best is None or (count, cal.resource_id) < best:

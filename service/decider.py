@@ -72,7 +72,6 @@ from service.events import (
     TimeClaimed,
     TimeReleased,
 )
-from service.memo import ByIdentity
 
 Status = Literal["held", "pending", "confirmed", "cancelled", "rejected", "expired"]
 ACTIVE: frozenset[str] = frozenset({"held", "pending", "confirmed"})
@@ -212,26 +211,38 @@ class DayLedger:
 
     claims: dict[str, TimeClaimed] = field(default_factory=dict)
     version: int = 0
+    #: Busy entries of the claims, built when first asked for (`busy_map`) and carried over by
+    #: `copy`: a decision on a busy day builds only the entries of the claims new since the fold
+    #: it continues. Claims changed since they were last built are listed in `_stale`.
+    _busy: dict[str, Busy] = field(default_factory=dict)
+    _stale: list[str] = field(default_factory=list)
 
     def evolve(self, event: AnyEvent) -> None:
         match event:
             case TimeClaimed():
                 self.claims[event.claim_id] = event
+                self._stale.append(event.claim_id)
             case TimeReleased():
                 self.claims.pop(event.claim_id, None)
+                self._stale.append(event.claim_id)
         self.version += 1
 
-    def busy(self, *, excluding: str | None = None) -> list[Busy]:
-        return [busy_entry(c) for c in self.claims.values() if c.claim_id != excluding]
+    def copy(self) -> DayLedger:
+        """An independent ledger to evolve further (this one stays as it is)."""
+        return DayLedger(dict(self.claims), self.version, dict(self._busy), list(self._stale))
 
-
-#: A claim's Busy entry, built once per claim (service/memo.py).
-_BUSY: ByIdentity[TimeClaimed, Busy] = ByIdentity(200_000)
-
-
-def busy_entry(c: TimeClaimed) -> Busy:
-    """The busy entry of a claim."""
-    return _BUSY.get(c, lambda c: Busy(c.start, c.end, c.block_start, c.block_end, c.expires_at))
+    def busy_map(self) -> dict[str, Busy]:
+        """Claim id -> its busy entry, for every claim. Do not modify."""
+        if self._stale:
+            busy, claims = self._busy, self.claims
+            for claim_id in self._stale:
+                c = claims.get(claim_id)
+                if c is None:
+                    busy.pop(claim_id, None)
+                else:
+                    busy[claim_id] = Busy(c.start, c.end, c.block_start, c.block_end, c.expires_at)
+            self._stale = []
+        return self._busy
 
 
 @dataclass(slots=True)
@@ -391,13 +402,16 @@ def busy_of(
     excluding: str | None = None,
 ) -> list[Busy]:
     """Every claim on the resource in the loaded day streams (a claim across days counted once)."""
-    seen: dict[str, Busy] = {}
     prefix = streams.resource_days_prefix(tenant, resource_id)
-    for stream_id, ledger in ledgers.items():
-        if stream_id.startswith(prefix):
-            for claim_id, c in ledger.claims.items():
-                if claim_id != excluding:
-                    seen[claim_id] = busy_entry(c)
+    days = [
+        ledger.busy_map() for stream_id, ledger in ledgers.items() if stream_id.startswith(prefix)
+    ]
+    if len(days) == 1 and excluding not in days[0]:
+        return list(days[0].values())
+    seen: dict[str, Busy] = {}
+    for day in days:
+        seen.update(day)
+    seen.pop(excluding, None)  # type: ignore[arg-type]
     return list(seen.values())
 
 

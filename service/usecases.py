@@ -69,7 +69,7 @@ def ledger_of(stream_id: str, events: list[RecordedEvent]) -> DayLedger:
         if folded.version == 0 or events[folded.version - 1] is last:
             if folded.version == len(events):
                 return folded
-            ledger, done = DayLedger(dict(folded.claims), folded.version), folded.version
+            ledger, done = folded.copy(), folded.version
     for e in events[done:]:
         ledger.evolve(e.event)
     if events:
