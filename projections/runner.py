@@ -115,12 +115,25 @@ async def save_checkpoint(conn: Any, name: str, checkpoint: Checkpoint) -> None:
     )
 
 
+#: Whether store.read_log would return anything after the consumer's checkpoint (a row, or
+#: none), in one round trip. Ordered as read_log reads, so that the log's index finds it.
+_ANYTHING_NEW = """
+SELECT 1 FROM events AS e
+ WHERE (e.transaction_id, e.position) > (
+           coalesce((SELECT c.transaction_id FROM projection_checkpoints AS c
+                      WHERE c.name = $1), '0'),
+           coalesce((SELECT c.position FROM projection_checkpoints AS c WHERE c.name = $1), 0))
+   AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+ ORDER BY e.transaction_id, e.position
+ LIMIT 1
+"""
+
+
 async def run_batch(
     pool: asyncpg.Pool, consumer: Consumer, limit: int, *, apply_delay: float = 0.0
 ) -> int:
     """Apply the next batch of at most `limit` events; returns how many were applied."""
-    peek = await read_checkpoint(pool, consumer.name)
-    if not await store.read_log(pool, peek, 1):
+    if await pool.fetchval(_ANYTHING_NEW, consumer.name) is None:
         return 0  # nothing to do: no transaction, no row lock, no xid
     async with pool.acquire() as conn, conn.transaction():
         checkpoint = await lock_checkpoint(conn, consumer.name)
@@ -233,9 +246,14 @@ async def lag(db: Any, names: Sequence[str]) -> dict[str, Lag]:
 
 class Notifier:
     """Coalesces 'events were appended' pokes into at most one NOTIFY per `interval` seconds,
-    each from its own short transaction (see the module docstring for why not a trigger)."""
+    each from its own short transaction (see the module docstring for why not a trigger).
 
-    def __init__(self, pool: asyncpg.Pool, interval: float = 0.02) -> None:
+    A lone command's NOTIFY goes out at once; under a steady load the consumers are woken ten
+    times a second and take what came meanwhile in one batch. Every wake-up costs each consumer
+    its round trips (checkpoint, read, write, commit) whether it brings one event or a hundred:
+    at 20 ms these took more of a worker's CPU than the commands' own statements (py-spy)."""
+
+    def __init__(self, pool: asyncpg.Pool, interval: float = 0.1) -> None:
         self.pool = pool
         self.interval = interval
         self._pending = asyncio.Event()

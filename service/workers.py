@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Final
@@ -69,9 +70,13 @@ class LeaderWorker:
                     await asyncio.sleep(self.retry)
                 self.leading = True
                 log.info("worker.leading", worker=self.name)
+                checked = 0.0
                 while True:
-                    # The lock lives as long as this connection: prove it is still alive.
-                    await conn.fetchval("SELECT 1", timeout=5)
+                    # The lock lives as long as this connection: prove it is still alive, once
+                    # per interval (not on every wake-up: under load that is many per second).
+                    if time.monotonic() - checked >= self.interval:
+                        await conn.fetchval("SELECT 1", timeout=5)
+                        checked = time.monotonic()
                     pause = await self.step()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.wake.wait(), pause or self.interval)
