@@ -60,10 +60,15 @@ class _Batcher(ABC, Generic[C]):
     meanwhile form the next."""
 
     recall = False
+    #: Batches of one key in flight at once. Seats: one (every batch writes the session's one
+    #: stream, so a second would only lose its append). Holds: more, so that the next batch is
+    #: decided while the last one commits (one in flight left the worker idle meanwhile).
+    parallel = 1
 
     def __init__(self, commands: Commands) -> None:
         self.commands = commands
         self._queues: dict[str, list[_Request[C]]] = {}
+        self._running: dict[str, int] = {}
 
     @abstractmethod
     def key(self, cmd: C) -> str: ...
@@ -78,22 +83,24 @@ class _Batcher(ABC, Generic[C]):
         beside others'), or raises the request's own ApiError."""
         key = self.key(cmd)
         request = _Request(cmd, meta)
-        queue = self._queues.get(key)
-        if queue is None:
-            self._queues[key] = [request]
+        self._queues.setdefault(key, []).append(request)
+        running = self._running.get(key, 0)
+        if running < self.parallel:
+            self._running[key] = running + 1
             asyncio.create_task(self._drain(key))  # noqa: RUF006 - it ends when the queue does
-        else:
-            queue.append(request)
         return await request.answer
 
     async def _drain(self, key: str) -> None:
-        while True:
-            queue = self._queues.get(key, [])
-            if not queue:
-                self._queues.pop(key, None)
-                return
-            batch, self._queues[key] = queue[:MAX_BATCH], queue[MAX_BATCH:]
-            await self._run(key, batch)
+        try:
+            while queue := self._queues.get(key):
+                batch, self._queues[key] = queue[:MAX_BATCH], queue[MAX_BATCH:]
+                await self._run(key, batch)
+        finally:
+            self._running[key] -= 1
+            if not self._running[key]:
+                del self._running[key]
+                if not self._queues.get(key):
+                    self._queues.pop(key, None)
 
     async def _run(self, key: str, batch: list[_Request[C]]) -> None:
         refused: dict[int, ApiError] = {}
@@ -151,6 +158,7 @@ class HoldBatcher(_Batcher[HoldSlot]):
     """Holds, by tenant; decided on what this process remembers when it can (service/cache.py)."""
 
     recall = True
+    parallel = 3
 
     def key(self, cmd: HoldSlot) -> str:
         return cmd.tenant
