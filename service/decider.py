@@ -387,11 +387,8 @@ def ledger_span(
 def ledger_streams(
     tenant: str, resource_ids: Iterable[str], start: datetime, end: datetime
 ) -> list[str]:
-    return [
-        streams.resource_day(tenant, r, d)
-        for r in resource_ids
-        for d in streams.utc_days(start, end)
-    ]
+    days = streams.utc_days(start, end)
+    return [streams.resource_day(tenant, r, d) for r in resource_ids for d in days]
 
 
 def busy_of(
