@@ -27,6 +27,7 @@ Commands with an Idempotency-Key are not batched: each stores its own answer bes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Final, Generic, TypeVar
@@ -74,9 +75,10 @@ class _Batcher(ABC, Generic[C]):
     def key(self, cmd: C) -> str: ...
 
     @abstractmethod
-    async def decide(self, r: Reader, key: str, batch: list[_Request[C]]) -> dict[int, ApiError]:
+    async def decide(self, r: Reader, key: str, batch: list[_Request[C]]) -> dict[int, Exception]:
         """Decide every request of `batch` in order, staging each decision in `r`
-        (`Reader.stage`); return the refusals by index in the batch."""
+        (`Reader.stage`); return the refusals (or a request's own failure) by index in the
+        batch. One request's bad input must never fail the others."""
 
     async def submit(self, cmd: C, meta: EventMeta) -> Done:
         """Run one command; returns the committed Done (which holds the request's own streams
@@ -94,7 +96,16 @@ class _Batcher(ABC, Generic[C]):
         try:
             while queue := self._queues.get(key):
                 batch, self._queues[key] = queue[:MAX_BATCH], queue[MAX_BATCH:]
-                await self._run(key, batch)
+                # A request whose caller is gone (cancelled) is not decided: nobody would hear
+                # of the booking it made.
+                batch = [request for request in batch if not request.answer.done()]
+                if batch:
+                    await self._run(key, batch)
+        except BaseException as exc:  # cancelled (shutdown): nobody waits forever
+            for request in self._queues.pop(key, []):
+                if not request.answer.done():
+                    request.answer.set_exception(exc)
+            raise
         finally:
             self._running[key] -= 1
             if not self._running[key]:
@@ -103,7 +114,7 @@ class _Batcher(ABC, Generic[C]):
                     self._queues.pop(key, None)
 
     async def _run(self, key: str, batch: list[_Request[C]]) -> None:
-        refused: dict[int, ApiError] = {}
+        refused: dict[int, Exception] = {}
 
         async def decide(r: Reader) -> Appends:
             refused.clear()
@@ -111,12 +122,17 @@ class _Batcher(ABC, Generic[C]):
             return r.staged_appends()
 
         try:
-            # One append for the batch; each event carries its own request's metadata.
-            done = await self.commands.run(batch[0].meta, decide, recall=self.recall)
-        except Exception as exc:
+            # One append for the batch; each event carries its own request's metadata. A batch
+            # refuses nothing as a whole, so a retry needs no quick refusal pass first.
+            done = await self.commands.run(
+                batch[0].meta, decide, recall=self.recall, quick_refusal=False
+            )
+        except BaseException as exc:
             for request in batch:
                 if not request.answer.done():
                     request.answer.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
             return
         assert not isinstance(done, Stored)
         for n, request in enumerate(batch):
@@ -136,14 +152,14 @@ class SeatBatcher(_Batcher[AddSeats]):
 
     async def decide(
         self, r: Reader, key: str, batch: list[_Request[AddSeats]]
-    ) -> dict[int, ApiError]:
-        refused: dict[int, ApiError] = {}
+    ) -> dict[int, Exception]:
+        refused: dict[int, Exception] = {}
         loaded, _ = await r.read([key])
         state = session_of(loaded[key])
         for n, request in enumerate(batch):
             try:
                 appends = decide_add_seats(request.cmd, state)
-            except ApiError as exc:
+            except Exception as exc:  # its refusal, or its own failure: not the others'
                 refused[n] = exc
                 continue
             r.new_stream(streams.booking(request.cmd.tenant, request.cmd.booking_id))
@@ -165,19 +181,22 @@ class HoldBatcher(_Batcher[HoldSlot]):
 
     async def decide(
         self, r: Reader, key: str, batch: list[_Request[HoldSlot]]
-    ) -> dict[int, ApiError]:
+    ) -> dict[int, Exception]:
         full: list[str] = []
         latest: list[str] = []
         for request in batch:
-            ledgers, catalogue = hold_streams(request.cmd)
-            full += ledgers
-            latest += catalogue
+            # Only a plan, from the service last seen here: a hold it cannot plan is decided
+            # (and refused, if it must be) on its own below.
+            with contextlib.suppress(Exception):
+                ledgers, catalogue = hold_streams(request.cmd)
+                full += ledgers
+                latest += catalogue
         await r.read(full, latest)  # one read (or none) for the batch; each decision reads again
-        refused: dict[int, ApiError] = {}
+        refused: dict[int, Exception] = {}
         for n, request in enumerate(batch):
             try:
                 appends = await hold_decision(request.cmd)(r)
-            except ApiError as exc:
+            except (ApiError, ArithmeticError, ValueError) as exc:  # its own, not the batch's
                 refused[n] = exc
                 r.drop_new(streams.booking(request.cmd.tenant, request.cmd.booking_id))
                 continue

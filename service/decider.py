@@ -217,6 +217,10 @@ class DayLedger:
     _busy: dict[str, Busy] = field(default_factory=dict)
     _stale: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        if self.claims and not self._busy and not self._stale:
+            self._stale = list(self.claims)  # given claims, not folded: build them when asked
+
     def evolve(self, event: AnyEvent) -> None:
         match event:
             case TimeClaimed():

@@ -267,13 +267,16 @@ class Commands:
         idem: Idempotency | None = None,
         render: Render | None = None,
         recall: bool = False,
+        quick_refusal: bool = True,
     ) -> Done | Stored:
         """Decide and commit. Returns the Done command, or the Stored first answer of an
         idempotent retry. Raises the decider's ApiErrors (nothing is written then).
 
         `recall`: the first attempt may decide on what the cache remembers (service/cache.py).
         Only a decision that writes is committed that way (its append verifies every stream it
-        used); a refusal or a no-op is decided again on fresh state, as is a stale attempt."""
+        used); a refusal or a no-op is decided again on fresh state, as is a stale attempt.
+        `quick_refusal`: after a conflict, decide once without locks first, so that a refusal is
+        answered at once (off for a batch, which answers its refusals itself)."""
         stored = await find_idempotent(self.pool, meta.tenant, idem)
         if stored is not None:
             return stored
@@ -284,6 +287,7 @@ class Commands:
                 async with self.pool.acquire() as conn:
                     if attempt > 0:
                         self.retries += 1
+                    if attempt > 0 and quick_refusal:
                         # A refusal needs no lock: decide once on fresh state without writing,
                         # so the losers of a taken slot answer 409 at once, in parallel, and
                         # only a retry that will write queues on the streams' locks.

@@ -5,6 +5,7 @@ callables for service/handler.py to run. No HTTP here.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from datetime import timedelta
 
@@ -33,11 +34,11 @@ from service.decider import (
     policy_of,
     selected_resources,
 )
-from service.errors import NotFound, VersionMismatch
+from service.errors import ApiError, NotFound, VersionMismatch
 from service.events import ResourceUpserted, ServiceUpserted
 from service.handler import Decide, Done, Loaded, Reader
 from service.sessions import check, decide_cancel_session, decide_schedule, member_ids, occurrences
-from service.store import RecordedEvent
+from service.store import PENDING, RecordedEvent
 
 
 def fold(events: list[RecordedEvent]) -> Booking | None:
@@ -61,21 +62,37 @@ _FOLDED: dict[str, tuple[RecordedEvent, DayLedger]] = {}
 
 
 def ledger_of(stream_id: str, events: list[RecordedEvent]) -> DayLedger:
-    """The day ledger folded from all of its stream's events so far (`events`, oldest first)."""
+    """The day ledger folded from all of its stream's events so far (`events`, oldest first).
+    Events staged by an earlier decision of a batch (service/batching.py; not yet appended, so
+    with no time) come last: they are folded on a copy and never remembered."""
+    stored = len(events)
+    while stored and events[stored - 1].recorded_at is PENDING:
+        stored -= 1
+    ledger = _stored_fold(stream_id, events, stored)
+    if stored == len(events):
+        return ledger
+    ledger = ledger.copy()
+    for e in events[stored:]:
+        ledger.evolve(e.event)
+    return ledger
+
+
+def _stored_fold(stream_id: str, events: list[RecordedEvent], n: int) -> DayLedger:
+    """The fold of the first `n` events, continued from (and remembered in) _FOLDED."""
     ledger, done = DayLedger(), 0
     known = _FOLDED.get(stream_id)
-    if known is not None and known[1].version <= len(events):
+    if known is not None and known[1].version <= n:
         last, folded = known
         if folded.version == 0 or events[folded.version - 1] is last:
-            if folded.version == len(events):
+            if folded.version == n:
                 return folded
             ledger, done = folded.copy(), folded.version
-    for e in events[done:]:
+    for e in events[done:n]:
         ledger.evolve(e.event)
-    if events:
+    if n:
         if len(_FOLDED) >= 20_000:
             _FOLDED.clear()
-        _FOLDED[stream_id] = (events[-1], ledger)
+        _FOLDED[stream_id] = (events[n - 1], ledger)
     return ledger
 
 
@@ -131,7 +148,10 @@ def hold_streams(cmd: HoldSlot) -> tuple[list[str], list[str]]:
     planned = _PLANS.get(svc)
     if planned is None or not isinstance(planned.event, ServiceUpserted):
         return [], []
-    ledgers, resources = _ledgers_for(cmd, planned.event)
+    try:
+        ledgers, resources = _ledgers_for(cmd, planned.event)
+    except ApiError:
+        return [], []  # decided (and refused, if it must be) on the fresh service
     return ledgers, [svc, *resources]
 
 
@@ -142,8 +162,14 @@ def hold_decision(cmd: HoldSlot) -> Decide:
 
     async def decide(r: Reader) -> Appends:
         planned = _PLANS.get(svc)
+        plan: tuple[list[str], list[str]] | None = None
         if planned is not None and isinstance(planned.event, ServiceUpserted):
-            ledgers, resources = _ledgers_for(cmd, planned.event)
+            # A plan that the service last seen here refuses (a duration or a resource it did
+            # not offer then) is no answer: the service may offer it now. Decided below.
+            with contextlib.suppress(ApiError):
+                plan = _ledgers_for(cmd, planned.event)
+        if planned is not None and plan is not None:
+            ledgers, resources = plan
             loaded, newest = await r.read(ledgers, [svc, *resources])
             fresh = newest.get(svc)
             if fresh is None:

@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from tests.conftest import Api
-from tests.helpers import WEEKDAYS_9_TO_5, at, iso, resource, service, weekday_ahead
+from tests.helpers import WEEKDAYS_9_TO_5, at, hold, iso, resource, service, weekday_ahead
 
 
 async def test_concurrent_seat_requests_share_commits_and_get_their_own_answers(
@@ -115,3 +115,43 @@ async def test_concurrent_holds_share_commits_each_with_its_own_answer_and_metad
         "WHERE type = 'TimeClaimed' GROUP BY stream_id"
     )
     assert any(r["n"] > r["tx"] for r in per_ledger)  # a ledger took several claims at once
+
+
+async def test_one_bad_hold_in_a_batch_fails_only_itself(api: Api) -> None:
+    """Holds decided together are answered each on its own: a duration the service does not
+    offer (422) and a start at the end of time (422, not a 500 from date arithmetic) refuse
+    only their own request, never the batch."""
+    day = weekday_ahead(3)
+    await resource(api, "room")
+    await service(api, "svc", ["room"])
+    await hold(api, "svc", at(day, "09:00"))  # the service is now planned from memory
+
+    async def send(start: str, **extra: Any) -> tuple[int, dict[str, Any]]:
+        r = await api.post("/v1/bookings", {"service": "svc", "start": start, **extra})
+        return r.status_code, r.json()
+
+    good = [send(iso(at(day, f"{h:02d}:00"))) for h in range(10, 17)]
+    bad = [
+        send(iso(at(day, "09:00")), duration_minutes=45),
+        send("9999-12-31T23:59:00Z"),
+        send("0001-01-01T00:00:00Z"),
+    ]
+    answers = await asyncio.gather(*good, *bad)
+    assert [s for s, _ in answers[: len(good)]] == [201] * len(good), answers
+    for status, body in answers[len(good) :]:
+        assert status == 422, body
+        assert body["error"]["code"] == "validation_error"
+    assert "45" in str(answers[len(good)][1]["error"])
+    assert all("start" in str(body["error"]) for _, body in answers[len(good) + 1 :])
+
+
+async def test_a_hold_is_decided_on_the_service_as_it_is_now(api: Api) -> None:
+    """The process plans holds from the service it saw last; a duration the service offers only
+    since an update is booked, not refused on the old plan."""
+    day = weekday_ahead(3)
+    await resource(api, "room")
+    await service(api, "svc", ["room"])  # 60 minutes only
+    await hold(api, "svc", at(day, "09:00"))  # remembered: durations [60]
+    await service(api, "svc", ["room"], durations=[60, 90])
+    booked = await hold(api, "svc", at(day, "11:00"), duration_minutes=90)
+    assert booked["end"] == iso(at(day, "12:30"))

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
+import msgspec
 import pytest
 
 from service import streams
@@ -160,6 +161,28 @@ def claim(start: datetime, minutes: int = 60, *, expires_at: datetime | None = N
         block_end=start + timedelta(minutes=minutes),
         expires_at=expires_at,
     )
+
+
+class TestDayLedger:
+    def test_busy_entries_follow_every_claim_and_release_whatever_the_ledger_came_from(
+        self,
+    ) -> None:
+        nine, ten = claim(NINE), claim(NINE + timedelta(hours=1))
+        given_claims = DayLedger({nine.claim_id: nine})  # built, not folded
+        assert [(b.start, b.end) for b in given_claims.busy_map().values()] == [
+            (nine.start, nine.end)
+        ]
+        folded = DayLedger()
+        folded.evolve(nine)
+        assert list(folded.busy_map()) == [nine.claim_id]
+        later = folded.copy()
+        later.evolve(ten)
+        later.evolve(TimeReleased(resource_id="host", day=nine.day, claim_id=nine.claim_id))
+        assert list(later.busy_map()) == [ten.claim_id]
+        assert list(folded.busy_map()) == [nine.claim_id]  # the copy left it alone
+        moved = msgspec.structs.replace(ten, start=ten.start + timedelta(minutes=30))
+        later.evolve(moved)  # a claim replaced (reschedule) is rebuilt
+        assert [b.start for b in later.busy_map().values()] == [moved.start]
 
 
 class TestHolding:

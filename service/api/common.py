@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import re
 import time
-import uuid
 from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
@@ -56,7 +56,9 @@ def now() -> datetime:
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:20]}"
+    """A new random id: 80 bits from the OS, as 20 hex digits (uuid4's hex cut to 20 costs four
+    times as much for the same bits)."""
+    return f"{prefix}_{os.urandom(10).hex()}"
 
 
 async def authenticate(request: Request, *, public_ok: bool = False) -> Principal:
