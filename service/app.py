@@ -221,16 +221,18 @@ def create_app(database_url: str | None = None, *, background: bool = True) -> S
     async def openapi_json(request: Request) -> Response:
         return Response(document_body, media_type="application/json")
 
+    # The router tries routes in order (a regular expression each, about 0.7 us): the hot ones
+    # first. No two routes match one path and method, so the order changes nothing else.
     routes = [
+        *bookings.routes,
+        *availability.routes,
+        *sessions.routes,
+        *catalogue.routes,
+        *events_api.routes,
+        *webhooks_api.routes,
         Route("/healthz", healthz, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
         *ops.routes,
-        *catalogue.routes,
-        *availability.routes,
-        *bookings.routes,
-        *sessions.routes,
-        *events_api.routes,
-        *webhooks_api.routes,
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.metrics = metrics

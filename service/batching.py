@@ -38,7 +38,7 @@ from service.decider import Appends, decide_add_seats
 from service.errors import ApiError
 from service.events import EventMeta, SeatsClaimed
 from service.handler import Commands, Done, Reader, Stored
-from service.usecases import hold_decision, hold_streams, session_of
+from service.usecases import HoldPlan, hold_decision, hold_plan, session_of
 
 #: Requests decided together at most: bounds a batch's statement and its time in the decider.
 MAX_BATCH: Final = 100
@@ -184,18 +184,22 @@ class HoldBatcher(_Batcher[HoldSlot]):
     ) -> dict[int, Exception]:
         full: list[str] = []
         latest: list[str] = []
+        plans: list[HoldPlan | None] = []
         for request in batch:
             # Only a plan, from the service last seen here: a hold it cannot plan is decided
             # (and refused, if it must be) on its own below.
+            plan = None
             with contextlib.suppress(Exception):
-                ledgers, catalogue = hold_streams(request.cmd)
-                full += ledgers
-                latest += catalogue
+                plan = hold_plan(request.cmd)
+            plans.append(plan)
+            if plan is not None:
+                full += plan.ledgers
+                latest += [plan.planned.stream_id, *plan.resources]
         await r.read(full, latest)  # one read (or none) for the batch; each decision reads again
         refused: dict[int, Exception] = {}
         for n, request in enumerate(batch):
             try:
-                appends = await hold_decision(request.cmd)(r)
+                appends = await hold_decision(request.cmd, plans[n])(r)
             except (ApiError, ArithmeticError, ValueError) as exc:  # its own, not the batch's
                 refused[n] = exc
                 r.drop_new(streams.booking(request.cmd.tenant, request.cmd.booking_id))

@@ -5,8 +5,8 @@ callables for service/handler.py to run. No HTTP here.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 
 from service import streams
@@ -141,35 +141,41 @@ def _ledgers_for(cmd: HoldSlot, service: ServiceUpserted) -> tuple[list[str], li
     )
 
 
-def hold_streams(cmd: HoldSlot) -> tuple[list[str], list[str]]:
-    """What a hold will read, as planned from the service last seen here: (day ledgers,
-    the service and its resources); nothing when this process has not seen the service yet."""
-    svc = streams.service(cmd.tenant, cmd.service_id)
-    planned = _PLANS.get(svc)
+@dataclass(frozen=True, slots=True)
+class HoldPlan:
+    """What a hold will read, planned from the service as this process last saw it (`planned`):
+    the day ledgers and the resources."""
+
+    planned: RecordedEvent
+    ledgers: list[str]
+    resources: list[str]
+
+
+def hold_plan(cmd: HoldSlot) -> HoldPlan | None:
+    """The hold's plan; None when this process has not seen the service yet, or when the service
+    as last seen here cannot place it (a duration or a resource it did not offer then: that is
+    no answer, the service may offer it now, so the hold is decided on the fresh service)."""
+    planned = _PLANS.get(streams.service(cmd.tenant, cmd.service_id))
     if planned is None or not isinstance(planned.event, ServiceUpserted):
-        return [], []
+        return None
     try:
         ledgers, resources = _ledgers_for(cmd, planned.event)
     except ApiError:
-        return [], []  # decided (and refused, if it must be) on the fresh service
-    return ledgers, [svc, *resources]
+        return None
+    return HoldPlan(planned, ledgers, resources)
 
 
-def hold_decision(cmd: HoldSlot) -> Decide:
+def hold_decision(cmd: HoldSlot, plan: HoldPlan | None = None) -> Decide:
+    """`plan`: hold_plan(cmd) if the caller made it already (a batch reads every plan at once)."""
     tenant = cmd.tenant
     own = streams.booking(tenant, cmd.booking_id)
     svc = streams.service(tenant, cmd.service_id)
 
     async def decide(r: Reader) -> Appends:
         planned = _PLANS.get(svc)
-        plan: tuple[list[str], list[str]] | None = None
-        if planned is not None and isinstance(planned.event, ServiceUpserted):
-            # A plan that the service last seen here refuses (a duration or a resource it did
-            # not offer then) is no answer: the service may offer it now. Decided below.
-            with contextlib.suppress(ApiError):
-                plan = _ledgers_for(cmd, planned.event)
-        if planned is not None and plan is not None:
-            ledgers, resources = plan
+        current = plan if plan is not None and plan.planned is planned else hold_plan(cmd)
+        if planned is not None and current is not None:
+            ledgers, resources = current.ledgers, current.resources
             loaded, newest = await r.read(ledgers, [svc, *resources])
             fresh = newest.get(svc)
             if fresh is None:
