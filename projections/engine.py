@@ -111,6 +111,11 @@ async def replace_rows(
         await conn.executemany(insert_sql(p, table), rows)
 
 
+@functools.cache
+def _jsonb_columns(p: Projection[Any]) -> tuple[str, ...]:
+    return tuple(c for c, t in zip(p.columns, p.types, strict=True) if t == "jsonb")
+
+
 def rows_payload(
     loaded: Mapping[str, Sequence[RecordedEvent]], new: Mapping[str, Sequence[RecordedEvent]]
 ) -> tuple[str, bytes]:
@@ -126,14 +131,13 @@ def rows_payload(
             continue
         rows, gone = p.changes(stream_id, loaded.get(stream_id, []), events)
         entry = tables.setdefault(p.table, {"rows": [], "gone": []})
-        jsonb = [t == "jsonb" for t in p.types]
-        entry["rows"].extend(
-            {
-                c: msgspec.Raw(v) if j and isinstance(v, str) else v
-                for c, v, j in zip(p.columns, row, jsonb, strict=True)
-            }
-            for row in rows
-        )
+        jsonb = _jsonb_columns(p)
+        for row in rows:
+            values = dict(zip(p.columns, row, strict=True))
+            for c in jsonb:  # JSON rendered here goes in as JSON, not as a string of it
+                if isinstance(values[c], str):
+                    values[c] = msgspec.Raw(values[c])
+            entry["rows"].append(values)
         entry["gone"].extend(dict(zip(p.key, key, strict=True)) for key in gone)
     return rows_sql(frozenset(tables)), _PAYLOAD.encode(tables)
 

@@ -307,8 +307,13 @@ def _raw_windows(cal: Calendar, start: datetime, end: datetime) -> list[Window]:
     """Merged UTC working windows of the local dates from the day before `start` (in the
     calendar's zone) to the day after `end`, not clipped."""
     tz = ZoneInfo(cal.timezone)
-    day = start.astimezone(tz).date() - _DAY
-    last = end.astimezone(tz).date() + _DAY
+    return _windows_between(
+        cal, tz, start.astimezone(tz).date() - _DAY, end.astimezone(tz).date() + _DAY
+    )
+
+
+def _windows_between(cal: Calendar, tz: ZoneInfo, day: date, last: date) -> list[Window]:
+    """Merged UTC working windows of the local dates `day` to `last`."""
     intervals: list[Window] = []
     while day <= last:
         for raw_start, raw_end in _hours_on(cal, day):
@@ -480,6 +485,13 @@ def within_hours(cal: Calendar, start: datetime, end: datetime) -> bool:
     start, end = _utc(start, "start"), _utc(end, "end")
     if start >= end:
         return False
+    # Most often the local day of `start` holds it alone: its windows are a part of the merged
+    # ones, so inside one of them is inside the merged too. Otherwise (across midnight, outside
+    # the hours) the neighbouring days decide.
+    tz = ZoneInfo(cal.timezone)
+    day = start.astimezone(tz).date()
+    if _contains(_windows_between(cal, tz, day, day), start, end):
+        return True
     return _contains(_raw_windows(cal, start, end), start, end)
 
 

@@ -8,6 +8,7 @@ appends the result with the expected versions it loaded.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -326,17 +327,27 @@ def calendar(resource: ResourceUpserted, busy: list[Busy]) -> Calendar:
 
 
 def slot_rules(service: ServiceUpserted, duration_minutes: int) -> SlotRules:
+    return _slot_rules(
+        duration_minutes,
+        service.slot_interval_minutes,
+        service.buffer_before_minutes,
+        service.buffer_after_minutes,
+        service.min_notice_minutes,
+        service.max_advance_days,
+    )
+
+
+@functools.lru_cache(maxsize=4096)  # every hold makes them, from a few services' numbers
+def _slot_rules(
+    duration: int, interval: int, before: int, after: int, notice: int, advance_days: int | None
+) -> SlotRules:
     return SlotRules(
-        duration=timedelta(minutes=duration_minutes),
-        interval=timedelta(minutes=service.slot_interval_minutes),
-        buffer_before=timedelta(minutes=service.buffer_before_minutes),
-        buffer_after=timedelta(minutes=service.buffer_after_minutes),
-        min_notice=timedelta(minutes=service.min_notice_minutes),
-        max_advance=(
-            timedelta(days=service.max_advance_days)
-            if service.max_advance_days is not None
-            else None
-        ),
+        duration=timedelta(minutes=duration),
+        interval=timedelta(minutes=interval),
+        buffer_before=timedelta(minutes=before),
+        buffer_after=timedelta(minutes=after),
+        min_notice=timedelta(minutes=notice),
+        max_advance=timedelta(days=advance_days) if advance_days is not None else None,
     )
 
 
