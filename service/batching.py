@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from typing import Final, Generic, TypeVar
 
 from service import streams
@@ -46,13 +45,15 @@ MAX_BATCH: Final = 100
 C = TypeVar("C", AddSeats, HoldSlot)
 
 
-@dataclass(slots=True)
 class _Request(Generic[C]):
-    cmd: C
-    meta: EventMeta
-    answer: asyncio.Future[Done] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
+    """One request waiting in a batch: its command, its metadata, and its answer to come."""
+
+    __slots__ = ("answer", "cmd", "meta")
+
+    def __init__(self, cmd: C, meta: EventMeta, loop: asyncio.AbstractEventLoop) -> None:
+        self.cmd: C = cmd
+        self.meta = meta
+        self.answer: asyncio.Future[Done] = loop.create_future()
 
 
 class _Batcher(ABC, Generic[C]):
@@ -84,7 +85,7 @@ class _Batcher(ABC, Generic[C]):
         """Run one command; returns the committed Done (which holds the request's own streams
         beside others'), or raises the request's own ApiError."""
         key = self.key(cmd)
-        request = _Request(cmd, meta)
+        request = _Request(cmd, meta, asyncio.get_running_loop())
         self._queues.setdefault(key, []).append(request)
         running = self._running.get(key, 0)
         if running < self.parallel:
