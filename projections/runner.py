@@ -162,7 +162,7 @@ class ProjectionRunner:
     ) -> None:
         self.pool = pool
         self.consumers = consumers
-        self.batch = batch or int(env_float("SLOTLOG_PROJECTOR_BATCH", 500))
+        self.batch = batch or int(env_float("SLOTLOG_PROJECTOR_BATCH", 2000))
         self.apply_delay = (
             apply_delay
             if apply_delay is not None

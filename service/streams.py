@@ -56,11 +56,15 @@ def kind_of(stream_id: str) -> str:
     return stream_id.split(":", 2)[1]
 
 
+_TICK = timedelta(microseconds=1)
+
+
 def utc_days(start: datetime, end: datetime) -> list[date]:
-    """The UTC dates that the half-open range [start, end) touches."""
-    first = start.astimezone(UTC).date()
-    last_instant = end.astimezone(UTC) - timedelta(microseconds=1)
-    last = max(first, last_instant.date())
+    """The UTC dates that the half-open range [start, end) touches (at least start's)."""
+    first = (start if start.tzinfo is UTC else start.astimezone(UTC)).date()
+    last = ((end if end.tzinfo is UTC else end.astimezone(UTC)) - _TICK).date()
+    if last <= first:  # most ranges: one day
+        return [first]
     return [first + timedelta(days=n) for n in range((last - first).days + 1)]
 
 

@@ -150,7 +150,7 @@ class WebhookSender:
         settings: Settings | None = None,
         *,
         on_attempt: Callable[[str], None] | None = None,
-        batch: int = 500,
+        batch: int = 2000,
     ) -> None:
         self.pool = pool
         self.settings = settings or Settings.from_env()
