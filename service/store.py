@@ -62,10 +62,11 @@ def describe_expected(expected: int) -> str:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class AppendStream:
+class AppendStream(msgspec.Struct, frozen=True):
     """Events for one stream, appended only if the stream is at `expected`. With no events (beside
-    other streams that have some), the stream is only checked to be at `expected`."""
+    other streams that have some), the stream is only checked to be at `expected`. (A Struct:
+    a command makes one per stream it writes or checks, and a frozen dataclass is built about
+    four times slower.)"""
 
     stream_id: str
     expected: int

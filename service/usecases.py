@@ -6,8 +6,9 @@ callables for service/handler.py to run. No HTTP here.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import timedelta
+
+import msgspec
 
 from service import streams
 from service.commands import (
@@ -141,8 +142,7 @@ def _ledgers_for(cmd: HoldSlot, service: ServiceUpserted) -> tuple[list[str], li
     )
 
 
-@dataclass(frozen=True, slots=True)
-class HoldPlan:
+class HoldPlan(msgspec.Struct, frozen=True):
     """What a hold will read, planned from the service as this process last saw it (`planned`):
     the day ledgers and the resources."""
 
