@@ -270,9 +270,8 @@ def _wall_to_utc(day: date, minutes: int, tz: ZoneInfo) -> datetime:
     return before + timedelta(seconds=high)
 
 
-_parse_time = functools.lru_cache(maxsize=4096)(
-    _parse_minutes
-)  # stored "HH:MM" strings, every hold
+#: _parse_minutes for the stored "HH:MM" strings of calendars, parsed on every hold.
+_parse_time = functools.lru_cache(maxsize=4096)(_parse_minutes)
 
 
 def _calendar_minutes(cal: Calendar, value: str) -> int:

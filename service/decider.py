@@ -423,7 +423,8 @@ def busy_of(
     seen: dict[str, Busy] = {}
     for day in days:
         seen.update(day)
-    seen.pop(excluding, None)  # type: ignore[arg-type]
+    if excluding is not None:
+        seen.pop(excluding, None)
     return list(seen.values())
 
 

@@ -71,15 +71,13 @@ class AppendStream(msgspec.Struct, frozen=True):
     stream_id: str
     expected: int
     events: Sequence[Event]
-    #: Metadata for this stream's events when it differs from the append's (a batched command).
-    meta: EventMeta | None = None
     #: Metadata per event, one for each of `events`, when they come from several requests decided
-    #: together (service/batching.py); overrides `meta`.
+    #: together (service/batching.py); otherwise the append's own.
     metas: Sequence[EventMeta] = ()
 
     def meta_of(self, index: int, default: EventMeta) -> EventMeta:
         """The metadata the stream's `index`th event is recorded with."""
-        return self.metas[index] if self.metas else self.meta or default
+        return self.metas[index] if self.metas else default
 
 
 # Appended and RecordedEvent are msgspec Structs rather than frozen dataclasses: every event read
