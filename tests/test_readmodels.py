@@ -49,7 +49,7 @@ events = st.lists(
 
 
 def logged(evs: list[AnyEvent], first: int = 1) -> list[Logged]:
-    return [Logged(e, first + i, first + i, DAY) for i, e in enumerate(evs)]
+    return [Logged.of(e, first + i, first + i, DAY) for i, e in enumerate(evs)]
 
 
 def applied(
