@@ -743,10 +743,21 @@ async def _differ(conn: asyncpg.Connection, t: Target, *, as_json: bool = True) 
     """The condition on live row `l` and rebuilt row `r` that they differ in some column. Text
     columns that hold JSON (Projection.json_text) are compared `as_json`, so that the same value
     rendered by jsonb (earlier schema versions stored them as jsonb) and by the fold compare
-    equal."""
+    equal, without the keys earlier versions also wrote there (Projection.json_retired)."""
     json_text = t.inline.json_text if t.inline is not None and as_json else ()
     if not json_text:
         return "ROW(l.*) IS DISTINCT FROM ROW(r.*)"
+    assert t.inline is not None
+    retired = ", ".join(f"'{k}'" for k in t.inline.json_retired)
+
+    def compared(side: str, c: str) -> str:
+        if not retired:
+            return f"{side}.{c}::jsonb"
+        return (
+            f"CASE WHEN jsonb_typeof({side}.{c}::jsonb) = 'object' "
+            f"THEN {side}.{c}::jsonb - ARRAY[{retired}]::text[] ELSE {side}.{c}::jsonb END"
+        )
+
     columns: list[str] = [
         r[0]
         for r in await conn.fetch(
@@ -761,7 +772,7 @@ async def _differ(conn: asyncpg.Connection, t: Target, *, as_json: bool = True) 
     differ = [f"ROW({left}) IS DISTINCT FROM ROW({right})"] + [
         # Parsed only where the texts differ (CASE evaluates in order).
         f"CASE WHEN l.{c} IS NOT DISTINCT FROM r.{c} THEN false "
-        f"ELSE l.{c}::jsonb IS DISTINCT FROM r.{c}::jsonb END"
+        f"ELSE ({compared('l', c)}) IS DISTINCT FROM ({compared('r', c)}) END"
         for c in json_text
     ]
     return f"({' OR '.join(differ)})"
@@ -776,10 +787,14 @@ def _same(t: Target, column: str, live: Any, rebuilt: Any) -> bool:
     if not isinstance(live, str) or not isinstance(rebuilt, str):
         return False
     try:
-        same: bool = msgspec.json.decode(live) == msgspec.json.decode(rebuilt)
+        values = [msgspec.json.decode(v) for v in (live, rebuilt)]
     except msgspec.DecodeError:
         return False
-    return same
+    for v in values:
+        if isinstance(v, dict):
+            for k in t.inline.json_retired:
+                v.pop(k, None)
+    return bool(values[0] == values[1])
 
 
 async def _count_differing(conn: asyncpg.Connection, t: Target, on: str) -> tuple[int, str]:

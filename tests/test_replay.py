@@ -9,18 +9,21 @@ import gc
 import re
 
 import asyncpg
+import msgspec
 import pytest
 
 from projections import replay as rebuild
 from projections.engine import replace_rows, write_streams
-from projections.readmodels import BY_NAME
+from projections.readmodels import BY_NAME, booking_from_row
 from projections.replay import REPLAY_LOCK, replay
 from projections.runner import ProjectionRunner
 from service import store
+from service.api.bookings import BOOKING_COLUMNS
 from service.db import migrate
 from service.handler import Commands
 from service.tenants import create_tenant
 from tests.cli import slotlog
+from tests.conftest import Api
 from tests.settle import settled
 from tests.workload import Workload
 
@@ -220,7 +223,7 @@ async def test_booking_state_from_an_earlier_jsonb_column_migrates_and_compares_
         r[0] for r in await pool.fetch("SELECT booking_id FROM rm_bookings ORDER BY 1 LIMIT 2")
     ]
     await pool.execute(
-        'UPDATE rm_bookings SET state = (state::jsonb || \'{"status": "tampered"}\')::text '
+        'UPDATE rm_bookings SET state = (state::jsonb || \'{"notes": "tampered"}\')::text '
         "WHERE booking_id = $1",
         victim,
     )
@@ -241,6 +244,60 @@ async def test_booking_state_from_an_earlier_jsonb_column_migrates_and_compares_
         "SELECT state FROM rm_bookings WHERE booking_id = $1", victim
     )
     assert (await replay(database_url, ["bookings"], verify=True)).differences == []
+
+
+async def test_booking_rows_of_earlier_versions_read_and_verify_by_their_details(
+    api: Api, database_url: str
+) -> None:
+    """rm_bookings.state holds only what has no column (BookingDetails); rows written by earlier
+    versions, which held the whole booking there, read the same through the API and verify clean,
+    and a difference in what they hold beyond the columns is still named."""
+    tenant = await api.new_tenant()
+    w = Workload(Commands(api.pool), tenant.tenant["tenant_id"], seed=7)
+    await w.setup()
+    await w.run(300)
+    await settled(api.pool)
+    rows = await api.pool.fetch(
+        f"SELECT tenant_id, {BOOKING_COLUMNS} FROM rm_bookings WHERE tenant_id = $1 "
+        "ORDER BY booking_id",
+        tenant.tenant["tenant_id"],
+    )
+    assert len(rows) > 20
+    assert {s for r in rows for s in msgspec.json.decode(r["state"])} <= {
+        "policy",
+        "customer",
+        "notes",
+        "metadata",
+        "cancelled_by",
+        "reason",
+    }
+    views = [(await tenant.get(f"/v1/bookings/{r['booking_id']}")).json() for r in rows]
+    listed = (await tenant.get("/v1/bookings?limit=200")).json()["data"]
+    assert {v["status"] for v in views} >= {"held", "confirmed", "cancelled"}
+
+    # What the previous version wrote: the whole booking, without what only the append knows.
+    for r in rows:
+        b = booking_from_row(r)
+        whole = msgspec.structs.replace(b, version=0, position=0, created_at=None, updated_at=None)
+        await api.pool.execute(
+            "UPDATE rm_bookings SET state = $3 WHERE tenant_id = $1 AND booking_id = $2",
+            r["tenant_id"],
+            r["booking_id"],
+            msgspec.json.encode(whole).decode(),
+        )
+    assert [(await tenant.get(f"/v1/bookings/{r['booking_id']}")).json() for r in rows] == views
+    assert (await tenant.get("/v1/bookings?limit=200")).json()["data"] == listed
+    check = await replay(database_url, ["bookings"], verify=True)
+    assert check.differences == [], [str(d) for d in check.differences]
+
+    victim = rows[0]["booking_id"]
+    await api.pool.execute(
+        'UPDATE rm_bookings SET state = (state::jsonb || \'{"reason": "tampered"}\')::text '
+        "WHERE booking_id = $1",
+        victim,
+    )
+    check = await replay(database_url, ["bookings"], verify=True)
+    assert [(d.key["booking_id"], d.column) for d in check.differences] == [(victim, "state")]
 
 
 async def test_the_fold_runs_with_the_cycle_collector_paused_and_restores_it(

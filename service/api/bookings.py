@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from projections.readmodels import booking_from_row
 from service import store, streams
 from service.api.common import (
     TimeOrderedQuery,
@@ -319,17 +320,11 @@ async def extend(request: Request) -> Response:
 # ── reads ────────────────────────────────────────────────────────────────────
 
 
-BOOKING_DECODER = msgspec.json.Decoder(Booking)
 #: The rm_bookings columns booking_from_row needs.
-BOOKING_COLUMNS = "state::text AS state, version, position, created_at, updated_at"
-
-
-def booking_from_row(row: Any) -> Booking:
-    """A booking from its read-model row: `state` plus the columns only the append knew."""
-    b = BOOKING_DECODER.decode(row["state"])
-    b.version, b.position = row["version"], row["position"]
-    b.created_at, b.updated_at = row["created_at"], row["updated_at"]
-    return b
+BOOKING_COLUMNS = (
+    "booking_id, kind, status, service_id, session_id, resources, start_at, end_at, "
+    "expires_at, seats, state, version, position, created_at, updated_at"
+)
 
 
 async def get_booking(request: Request) -> Response:

@@ -20,8 +20,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from projections.readmodels import booking_from_row
 from service import streams
-from service.api.bookings import BOOKING_COLUMNS, aware, booking_from_row, booking_view
+from service.api.bookings import BOOKING_COLUMNS, aware, booking_view
 from service.api.common import (
     TimeOrderedQuery,
     authenticate,
