@@ -178,7 +178,7 @@ def _micros(at: datetime) -> tuple[int]:
 
 
 def _from_micros(value: tuple[int]) -> datetime:
-    return _PG_EPOCH + timedelta(microseconds=value[0])
+    return _PG_EPOCH + timedelta(0, 0, value[0])
 
 
 _FIRST: Final = operator.itemgetter(0)
@@ -211,7 +211,7 @@ class Logged(msgspec.Struct, frozen=True):
 
     @property
     def recorded_at(self) -> datetime:
-        return _PG_EPOCH + timedelta(microseconds=self.micros)
+        return _PG_EPOCH + timedelta(0, 0, self.micros)  # positional: a third cheaper
 
     @classmethod
     def of(cls, event: AnyEvent, version: int, position: int, recorded_at: datetime) -> Logged:
