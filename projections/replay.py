@@ -193,9 +193,11 @@ async def _times_as_micros(conn: asyncpg.Connection) -> AsyncIterator[None]:
     )
     try:
         yield
-    finally:
-        with contextlib.suppress(Exception):  # a failed transaction: the replay is over
+    except BaseException:
+        with contextlib.suppress(Exception):  # in a failed transaction it cannot: replay is over
             await conn.reset_type_codec("timestamptz", schema="pg_catalog")
+        raise
+    await conn.reset_type_codec("timestamptz", schema="pg_catalog")
 
 
 class Logged(msgspec.Struct, frozen=True):
@@ -513,12 +515,20 @@ async def _fold_range(
         asyncio.Queue(maxsize=2) for _ in writers
     ]
     queue_of = {t.name: queues[i % len(queues)] for i, t in enumerate(inline)}
+    failed: list[Exception] = []
 
     async def writer(write: asyncpg.Connection, queue: asyncio.Queue[Any]) -> None:
+        # After a failed COPY a writer keeps taking (and dropping) its queue's rows: the fold,
+        # which stops at its next look at `failed`, must never wait on a queue nobody empties.
         while (item := await queue.get()) is not None:
+            if failed:
+                continue
             t, rows = item
             assert t.inline is not None
-            await write.copy_records_to_table(t.rebuild, records=rows, columns=t.inline.columns)
+            try:
+                await write.copy_records_to_table(t.rebuild, records=rows, columns=t.inline.columns)
+            except Exception as e:
+                failed.append(e)
 
     writing = asyncio.gather(*(writer(w, q) for w, q in zip(writers, queues, strict=True)))
     events = shown = 0
@@ -561,7 +571,7 @@ async def _fold_range(
                             progress("fold", events - shown, None)
                             shown = events
                             await asyncio.sleep(0)  # let every socket be served
-                    if writing.done():
+                    if failed:
                         break  # a writer failed: stop reading, raise below
             finally:
                 # The connection must be idle before the transaction ends.
@@ -574,6 +584,8 @@ async def _fold_range(
         for queue in queues:
             await queue.put(None)
         await writing
+        if failed:
+            raise failed[0]
     finally:
         if not writing.done():
             writing.cancel()

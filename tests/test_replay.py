@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import re
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -298,6 +299,32 @@ async def test_booking_rows_of_earlier_versions_read_and_verify_by_their_details
     )
     check = await replay(database_url, ["bookings"], verify=True)
     assert [(d.key["booking_id"], d.column) for d in check.differences] == [(victim, "state")]
+
+
+async def test_a_failed_copy_fails_the_replay_at_once_and_leaves_nothing_behind(
+    pool: asyncpg.Pool, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each table has its own writer: when one's COPY fails, the fold must not wait on a queue
+    nobody empties any more. (Rows one per COPY, and a fold gone wrong: a claim without an id.)"""
+    w = await workload(pool, seed=5)
+    await w.run(300)
+    await settled(pool)
+    assert await pool.fetchval("SELECT count(DISTINCT stream_id) FROM rm_busy") > 5
+    busy = type(BY_NAME["busy"])
+    rows = busy.rows
+
+    def no_claim_ids(self: Any, stream_id: str, state: Any) -> list[Any]:
+        return [(*r[:3], None, *r[4:]) for r in rows(self, stream_id, state)]
+
+    monkeypatch.setattr(rebuild, "COPY_CHUNK", 1)
+    monkeypatch.setattr(busy, "rows", no_claim_ids)
+    with pytest.raises(asyncpg.NotNullViolationError):
+        await asyncio.wait_for(replay(database_url), 60)
+    monkeypatch.undo()
+    assert not await pool.fetchval(
+        "SELECT count(*) FROM pg_tables WHERE tablename LIKE '%_rebuild'"
+    )
+    assert (await replay(database_url, verify=True)).differences == []
 
 
 async def test_the_fold_runs_with_the_cycle_collector_paused_and_restores_it(
