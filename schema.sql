@@ -149,9 +149,11 @@ CREATE TABLE IF NOT EXISTS rm_bookings (
     end_at     timestamptz NOT NULL,
     expires_at timestamptz,
     seats      int,
-    -- The booking as the API shows it, as JSON (projections/readmodels.py renders it; the API
-    -- decodes it): text, not jsonb, because nothing queries inside it, and a bulk load of jsonb
-    -- spends most of its time parsing (replay).
+    -- What the booking holds beyond these columns (policy, customer, notes, metadata, who
+    -- cancelled and why), as JSON (projections/readmodels.py BookingDetails; the API builds the
+    -- booking from the columns and this; rows of earlier versions hold the whole booking here):
+    -- text, not jsonb, because nothing queries inside it, and a bulk load of jsonb spends most
+    -- of its time parsing (replay).
     state      text        NOT NULL,
     version    bigint      NOT NULL,
     position   bigint      NOT NULL,
