@@ -425,11 +425,17 @@ async def _fold_all(
                 asyncio.create_task(_fold_elsewhere(url, exported, inline, lo, hi, progress))
                 for lo, hi in ranges[1:]
             ]
+
+        def a_helper_failed() -> bool:
+            return any(h.done() and (h.cancelled() or h.exception()) for h in helpers)
+
         try:
             with _cycle_collector_off():
-                events = await _fold_range(read, writers, inline, progress, *ranges[0])
+                events = await _fold_range(
+                    read, writers, inline, progress, *ranges[0], stop=a_helper_failed
+                )
             # Our transaction stays open until every helper is done: it keeps the exported
-            # snapshot valid for them.
+            # snapshot valid for them. A failed one raises here (our own range was cut short).
             for helper in helpers:
                 events += await helper
         finally:
@@ -501,10 +507,13 @@ async def _fold_range(
     progress: Progress,
     lo: str | None,
     hi: str | None,
+    *,
+    stop: Callable[[], bool] = lambda: False,
 ) -> int:
     """Fold the streams in [lo, hi) in the snapshot of `read`'s open transaction and COPY the
-    rows; returns the events read. PostgreSQL, this process and the COPY overlap: the next chunk
-    of events is requested before the current one is folded, the fold yields to the event loop
+    rows; returns the events read (fewer when `stop()` said so: it is asked after every chunk).
+    PostgreSQL, this process and the COPY overlap: the next chunk of events is requested before
+    the current one is folded, the fold yields to the event loop
     every few hundred events (so that every connection's socket is served), and the rows go to
     the writers through small queues, one per writer."""
     by_kind = {t.inline.stream_kind: t for t in inline if t.inline is not None}
@@ -571,8 +580,8 @@ async def _fold_range(
                             progress("fold", events - shown, None)
                             shown = events
                             await asyncio.sleep(0)  # let every socket be served
-                    if failed:
-                        break  # a writer failed: stop reading, raise below
+                    if failed or stop():
+                        break  # a writer failed (raised below) or a helper did (our caller)
             finally:
                 # The connection must be idle before the transaction ends.
                 with contextlib.suppress(Exception):

@@ -153,6 +153,39 @@ async def test_a_large_log_is_folded_by_helper_processes_into_the_same_tables(
     assert (await replay(database_url, verify=True)).differences == []
 
 
+async def test_a_failed_helper_process_stops_this_process_fold_at_once(
+    pool: asyncpg.Pool, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A helper that fails (here before it starts) ends the replay after this process's next
+    chunk, not after its whole range; its error is the one raised, and nothing is left behind."""
+    w = await workload(pool, seed=9)
+    await w.run(300)
+    await settled(pool)
+    await pool.execute("ANALYZE events")
+    monkeypatch.setattr(rebuild, "PARALLEL_FOLD_EVENTS", 0)
+    monkeypatch.setattr(rebuild, "CPUS", 2)
+    monkeypatch.setattr(rebuild, "FETCH_EVENTS", 3)
+
+    async def failing(*args: Any) -> int:
+        raise rebuild.ReplayError("the helper process folding streams failed (exit status 1)")
+
+    monkeypatch.setattr(rebuild, "_fold_elsewhere", failing)
+    folded = 0
+
+    def progress(stage: str, advance: int, total: int | None) -> None:
+        nonlocal folded
+        if stage == "fold":
+            folded += advance
+
+    with pytest.raises(rebuild.ReplayError, match="helper process"):
+        await replay(database_url, progress=progress)
+    assert folded <= 2 * 3  # a chunk or two of FETCH_EVENTS, not half the log
+    assert await pool.fetchval("SELECT count(*) FROM events") > 500
+    assert not await pool.fetchval(
+        "SELECT count(*) FROM pg_tables WHERE tablename LIKE '%_rebuild'"
+    )
+
+
 async def test_rebuilding_stats_sets_its_checkpoint_in_the_same_swap(
     pool: asyncpg.Pool, database_url: str
 ) -> None:
