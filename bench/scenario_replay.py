@@ -120,6 +120,7 @@ async def run(bench: Bench) -> Section:
             f"7: replay {', '.join(result.projections)}; it read {result.events:,} events "
             f"(stats counts the log again, in PostgreSQL), {result.catch_up_rounds} catch-up "
             f"round(s), swapped={result.swapped} after {result.swap_attempts} attempt(s); "
+            f"phases {', '.join(f'{k} {v:.2f} s' for k, v in result.phases.items())}; "
             f"CPU in cores: {cpu.describe()}; "
             f"bare runs {bare_first:.2f} s and {bare_second:.2f} s"
             + (f"; seeded {seeded:,} events by COPY in {seed_seconds:.1f} s" if seeded else "")
@@ -129,7 +130,12 @@ async def run(bench: Bench) -> Section:
             "replay_seconds": seconds,
             "bare_seconds": [bare_first, bare_second],
             "replay_result": msgspec.to_builtins(
-                {"events": result.events, "seconds": result.seconds, "swapped": result.swapped}
+                {
+                    "events": result.events,
+                    "seconds": result.seconds,
+                    "swapped": result.swapped,
+                    "phases": result.phases,
+                }
             ),
         },
     )

@@ -142,6 +142,9 @@ class Result:
     differing_rows: dict[str, int] = field(default_factory=dict)
     swapped: bool = False
     fold_processes: int = 0
+    #: Wall seconds of each phase: fold (with the asynchronous projections' rebuild beside it),
+    #: indexes, catch up, then verify or swap (a swap's retries and their catch-ups included).
+    phases: dict[str, float] = field(default_factory=dict)
 
     @property
     def events_per_second(self) -> float:
@@ -1040,6 +1043,14 @@ async def _run(
             await admin.execute("RESET max_parallel_workers_per_gather")
         return names, at, events
 
+    clock = time.perf_counter()
+
+    def lap(phase: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        result.phases[phase] = result.phases.get(phase, 0.0) + now - clock
+        clock = now
+
     beside = asyncio.create_task(beside_the_fold())
     since: str | None = None
     try:
@@ -1055,12 +1066,16 @@ async def _run(
         raise
     index_names, async_at, n = await beside
     result.events += n
+    lap("fold")
     # Inline tables get their indexes after the bulk load (faster), one build per CPU at a time.
     index_names |= await _create_indexes([admin, read, *writers][: max(1, CPUS)], inline)
+    lap("indexes")
     if inline and since is not None:
         since = await _catch_up(read, write, inline, since, progress, result)
+    lap("catch up")
     if verify:
         await _verify(admin, chosen, since, async_at, result)
+        lap("verify")
         return
     lock_timeout = SWAP_LOCK_TIMEOUT
     for attempt in range(1, MAX_SWAP_ATTEMPTS + 1):
@@ -1079,6 +1094,7 @@ async def _run(
                     result.events += n
             continue
         result.swapped = True
+        lap("swap")
         return
     raise ReplayError(f"could not take the table locks for the swap in {MAX_SWAP_ATTEMPTS} tries")
 

@@ -75,18 +75,19 @@ def replay_main(url: str, names: Sequence[str] | None, *, verify: bool) -> int:
                 done = progress.tasks[task].completed
                 progress.update(task, total=done or 1, completed=done or 1)
     rate = result.events_per_second
+    phases = ", ".join(f"{phase} {seconds:.2f} s" for phase, seconds in result.phases.items())
     summary = (
         f"{', '.join(result.projections)}: {result.events:,} events in {result.seconds:.2f} s "
-        f"= {rate:,.0f} events/s ({result.catch_up_rounds} catch-up rounds)"
+        f"= {rate:,.0f} events/s ({result.catch_up_rounds} catch-up rounds; {phases})"
     )
     if not verify:
-        out.print(f"replayed and swapped in {summary}", highlight=False)
+        out.print(f"replayed and swapped in {summary}", highlight=False, soft_wrap=True)
         return 0
     if not result.differences:
-        out.print(f"verified, no differences: {summary}", highlight=False)
+        out.print(f"verified, no differences: {summary}", highlight=False, soft_wrap=True)
         return 0
     total = sum(result.differing_rows.values())
-    out.print(f"DIFFERENCES: {total} rows differ ({summary})", highlight=False)
+    out.print(f"DIFFERENCES: {total} rows differ ({summary})", highlight=False, soft_wrap=True)
     for table, n in result.differing_rows.items():
         out.print(f"  {table}: {n} rows", highlight=False)
     for d in result.differences:

@@ -75,6 +75,10 @@ async def test_verify_after_10000_random_commands_then_name_a_tampered_row(
     assert done.returncode == 0, done.stdout + done.stderr
     assert "verified, no differences" in done.stdout
     assert re.search(r"[\d,]+ events/s", done.stdout)
+    # Where the time went, phase by phase.
+    assert re.search(
+        r"fold [\d.]+ s, indexes [\d.]+ s, catch up [\d.]+ s, verify [\d.]+ s", done.stdout
+    )
     print(done.stdout.strip())
 
     victim = await pool.fetchval(
@@ -108,6 +112,8 @@ async def test_replay_swaps_in_while_commands_keep_writing(
     while not load.done() or swaps < 2:
         result = await replay(database_url)
         assert result.swapped
+        assert list(result.phases) == ["fold", "indexes", "catch up", "swap"]
+        assert 0 < sum(result.phases.values()) <= result.seconds
         swaps += 1
     await load
     await settled(pool)
