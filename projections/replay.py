@@ -438,9 +438,9 @@ async def _fold_all(
                     read, writers, inline, progress, *ranges[0], stop=a_helper_failed
                 )
             # Our transaction stays open until every helper is done: it keeps the exported
-            # snapshot valid for them. A failed one raises here (our own range was cut short).
-            for helper in helpers:
-                events += await helper
+            # snapshot valid for them. The first to fail raises here, at once (our own range was
+            # cut short; the others are stopped below).
+            events += sum(await asyncio.gather(*helpers))
         finally:
             for helper in helpers:
                 helper.cancel()
@@ -516,9 +516,9 @@ async def _fold_range(
     """Fold the streams in [lo, hi) in the snapshot of `read`'s open transaction and COPY the
     rows; returns the events read (fewer when `stop()` said so: it is asked after every chunk).
     PostgreSQL, this process and the COPY overlap: the next chunk of events is requested before
-    the current one is folded, the fold yields to the event loop
-    every few hundred events (so that every connection's socket is served), and the rows go to
-    the writers through small queues, one per writer."""
+    the current one is folded, the fold yields to the event loop every few hundred events (so
+    that every connection's socket is served), and the rows go to the writers through small
+    queues, one per writer."""
     by_kind = {t.inline.stream_kind: t for t in inline if t.inline is not None}
     # Each table's rows go through one writer, so its heap keeps the fold's order: streams in
     # id order, which is (nearly) the primary key's, and a sort of presorted input is cheap

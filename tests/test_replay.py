@@ -191,6 +191,23 @@ async def test_a_failed_helper_process_stops_this_process_fold_at_once(
         "SELECT count(*) FROM pg_tables WHERE tablename LIKE '%_rebuild'"
     )
 
+    # With more helpers, one still at work does not hold back the error of one that failed.
+    monkeypatch.setattr(rebuild, "CPUS", 3)
+    calls = 0
+
+    async def slow_then_failing(*args: Any) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.sleep(60)
+            return 0
+        raise rebuild.ReplayError("the helper process folding streams failed (exit status 1)")
+
+    monkeypatch.setattr(rebuild, "_fold_elsewhere", slow_then_failing)
+    with pytest.raises(rebuild.ReplayError, match="helper process"):
+        await asyncio.wait_for(replay(database_url), 20)
+    assert calls == 2
+
 
 async def test_rebuilding_stats_sets_its_checkpoint_in_the_same_swap(
     pool: asyncpg.Pool, database_url: str
