@@ -75,6 +75,10 @@ class AppendStream(msgspec.Struct, frozen=True):
     #: together (service/batching.py); otherwise the append's own.
     metas: Sequence[EventMeta] = ()
 
+    def __post_init__(self) -> None:
+        if self.metas and len(self.metas) != len(self.events):
+            raise ValueError("metas, when given, name one EventMeta per event")
+
     def meta_of(self, index: int, default: EventMeta) -> EventMeta:
         """The metadata the stream's `index`th event is recorded with."""
         return self.metas[index] if self.metas else default
@@ -218,8 +222,6 @@ async def append(db: Executor, streams: Sequence[AppendStream], meta: EventMeta)
         raise ValueError("an append needs at least one event")
     if any(s.expected < STREAM_EXISTS for s in streams):
         raise ValueError("an expected version is a number >= 0, NO_STREAM, ANY or STREAM_EXISTS")
-    if any(s.metas and len(s.metas) != len(s.events) for s in streams):
-        raise ValueError("metas, when given, name one EventMeta per event")
     if (
         len(streams) == 1
         and len(streams[0].events) == 1
@@ -318,8 +320,6 @@ async def _call(
         raise ValueError("a stream may appear only once in one append")
     if any(not s.events and s.expected < NO_STREAM for s in ordered):
         raise ValueError("a stream checked without events needs an exact version or NO_STREAM")
-    if any(s.metas and len(s.metas) != len(s.events) for s in ordered):
-        raise ValueError("metas, when given, name one EventMeta per event")
     encoded: dict[int, str] = {}  # id(EventMeta) -> JSON: a batch shares a few among many events
 
     def meta_json(m: EventMeta) -> str:

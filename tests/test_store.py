@@ -401,3 +401,11 @@ class TestImmutability:
 
         await migrate(database_url)
         await migrate(database_url)
+
+
+def test_per_event_metadata_names_one_meta_for_each_event() -> None:
+    other = EventMeta(tenant="t1", actor="test", request_id="r2")
+    s = AppendStream("s", NO_STREAM, [cancelled(0), cancelled(1)], metas=[META, other])
+    assert [s.meta_of(i, META) for i in range(2)] == [META, other]
+    with pytest.raises(ValueError, match="one EventMeta per event"):
+        AppendStream("s", NO_STREAM, [cancelled(0), cancelled(1)], metas=[META])
