@@ -116,15 +116,16 @@ async def save_checkpoint(conn: Any, name: str, checkpoint: Checkpoint) -> None:
 
 
 #: Whether store.read_log would return anything after the consumer's checkpoint (a row, or
-#: none), in one round trip. Ordered as read_log reads, so that the log's index finds it.
-_ANYTHING_NEW = """
-SELECT 1 FROM events AS e
- WHERE (e.transaction_id, e.position) > (
+#: none), in one round trip: the log's visible part in its order, as read_log reads it, so that
+#: the log's index finds it.
+_ANYTHING_NEW = f"""
+SELECT 1 FROM events
+ WHERE ({store.LOG_ORDER}) > (
            coalesce((SELECT c.transaction_id FROM projection_checkpoints AS c
                       WHERE c.name = $1), '0'),
            coalesce((SELECT c.position FROM projection_checkpoints AS c WHERE c.name = $1), 0))
-   AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())
- ORDER BY e.transaction_id, e.position
+   AND {store.LOG_VISIBLE}
+ ORDER BY {store.LOG_ORDER}
  LIMIT 1
 """
 

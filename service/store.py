@@ -461,6 +461,13 @@ async def read_log(db: Executor, after: Checkpoint = START, limit: int = 1000) -
     return [LogEntry(*r) for r in await _read_log(db, _LOG_COLUMNS, after, limit, None)]
 
 
+#: The part of the log a reader may see (read_all): rows of transactions that ended before every
+#: transaction still running. Readers of the log elsewhere (projections/runner.py) use it too.
+LOG_VISIBLE: Final = "transaction_id < pg_snapshot_xmin(pg_current_snapshot())"
+#: The log's order, which the events_transaction_order index serves.
+LOG_ORDER: Final = "transaction_id, position"
+
+
 async def _read_log(
     db: Executor, columns: str, after: Checkpoint, limit: int, tenant: str | None
 ) -> list[Any]:
@@ -470,8 +477,7 @@ async def _read_log(
         args.append(tenant)
     return await db.fetch(
         f"SELECT {columns} FROM events "
-        "WHERE (transaction_id, position) > ($1::xid8, $2) "
-        "AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) "
-        f"{tenant_clause} ORDER BY transaction_id, position LIMIT $3",
+        f"WHERE ({LOG_ORDER}) > ($1::xid8, $2) AND {LOG_VISIBLE} "
+        f"{tenant_clause} ORDER BY {LOG_ORDER} LIMIT $3",
         *args,
     )
