@@ -4,6 +4,7 @@ against the full comparison, over random days of claims and releases."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,7 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from projections.readmodels import BY_NAME, Projection, Row
-from projections.replay import Logged
 from service.events import AnyEvent, BookingConfirmed, TimeClaimed, TimeReleased
 
 STREAM = "tn_t:rd:room:1:2026-12-01"  # a resource id may hold a colon
@@ -48,8 +48,18 @@ events = st.lists(
 )
 
 
+@dataclass(frozen=True)
+class Logged:
+    """An event as a fold reads it (projections.readmodels.Recorded)."""
+
+    event: AnyEvent
+    version: int
+    position: int
+    recorded_at: datetime
+
+
 def logged(evs: list[AnyEvent], first: int = 1) -> list[Logged]:
-    return [Logged.of(e, first + i, first + i, DAY) for i, e in enumerate(evs)]
+    return [Logged(e, first + i, first + i, DAY) for i, e in enumerate(evs)]
 
 
 def applied(
