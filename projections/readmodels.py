@@ -64,7 +64,10 @@ class Recorded(Protocol):
     def position(self) -> int: ...
 
     @property
-    def recorded_at(self) -> datetime: ...
+    def recorded_at(self) -> datetime:
+        """A fold carries it into its rows as it is and never computes with it: replay's
+        envelope gives PostgreSQL's microseconds since 2000 in its place (replay.Logged)."""
+        ...
 
 
 class Projection(ABC, Generic[S]):
