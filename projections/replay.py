@@ -85,6 +85,7 @@ SMALL_DELTA: Final = 200
 MAX_CATCH_UP_ROUNDS: Final = 8
 MAX_SWAP_ATTEMPTS: Final = 30
 SWAP_LOCK_TIMEOUT: Final = 500  # ms
+SWAP_DEADLOCK_TIMEOUT: Final = 50  # ms
 SHOWN_DIFFERENCES: Final = 20
 
 # progress(stage, advance, total): total is set once per stage, then advance is reported.
@@ -947,6 +948,15 @@ async def _autovacuum_in_the_way(conn: asyncpg.Connection, chosen: Sequence[Targ
     return None if waited is None else int(waited.total_seconds() * 1000) + SWAP_LOCK_TIMEOUT
 
 
+async def _cancel_autovacuum_sooner(conn: asyncpg.Connection) -> None:
+    """Where the role may (a superuser, or one granted SET on it): the swap's lock waits make
+    PostgreSQL cancel an autovacuum in their way after SWAP_DEADLOCK_TIMEOUT rather than the
+    server's deadlock_timeout (1 s by default, paid once per table: the tables a replay swapped in
+    before, every row new, get vacuumed soon after). Elsewhere the swap waits the server's."""
+    with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
+        await conn.execute(f"SET deadlock_timeout = {SWAP_DEADLOCK_TIMEOUT}")
+
+
 async def _swap_once(
     conn: asyncpg.Connection,
     chosen: Sequence[Target],
@@ -1120,6 +1130,7 @@ async def _run(
         await _verify(admin, chosen, since, async_at, result)
         lap("verify")
         return
+    await _cancel_autovacuum_sooner(admin)
     lock_timeout = SWAP_LOCK_TIMEOUT
     for attempt in range(1, MAX_SWAP_ATTEMPTS + 1):
         result.swap_attempts = attempt
