@@ -42,6 +42,7 @@ Imports the projections and the store; nothing here knows about HTTP.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import gc
 import itertools
@@ -335,24 +336,34 @@ class _Index:
     live: str  # the live index it becomes at the swap
     create: str
     constraint: str | None  # ALTER TABLE … USING INDEX, for a key constraint's index
-    cost: float  # a guess, to start the longest builds first
+    cost: float  # a guess in microseconds, to start the longest builds first
+
+
+#: A build's cost: every page of the table read, and every row it indexes sorted and written
+#: (fitted to the builds of the benchmark's log: the key's columns hardly matter).
+BUILD_US_PER_PAGE: Final = 4.0
+BUILD_US_PER_ROW: Final = 1.4
 
 
 async def _indexes(conn: asyncpg.Connection, t: Target) -> list[_Index]:
     """The live table's indexes and key constraints, as builds for the rebuild table. A build's
-    cost is guessed from the rows (1 % of the table's pages, sampled) and the key's columns
-    (each compared in the sort); a partial index, reading the whole table but sorting little,
-    counts for a quarter."""
+    cost is guessed from the table's pages and rows (counted in 1 % of the pages, sampled); a
+    partial index, reading the whole table, sorts too few rows to count."""
     rows = await conn.fetch(
         "SELECT ic.relname AS name, i.indisunique AS is_unique, pg_get_indexdef(i.indexrelid) "
-        "AS def, c.contype::text AS contype, i.indnkeyatts AS columns, "
-        "i.indpred IS NOT NULL AS partial "
+        "AS def, c.contype::text AS contype, i.indpred IS NOT NULL AS partial "
         "FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid "
         "LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid "
         "WHERE i.indrelid = $1::regclass ORDER BY ic.relname",
         t.table,
     )
-    sampled = await conn.fetchval(f"SELECT count(*) FROM {t.rebuild} TABLESAMPLE SYSTEM (1)")
+    size = await conn.fetchrow(
+        "SELECT pg_relation_size($1::regclass) / current_setting('block_size')::int, "
+        f"(SELECT count(*) FROM {t.rebuild} TABLESAMPLE SYSTEM (1)) * 100",
+        t.rebuild,
+    )
+    assert size is not None
+    pages, table_rows = size
     out: list[_Index] = []
     for r in rows:
         new = _rebuild_index_name(r["name"])
@@ -370,7 +381,7 @@ async def _indexes(conn: asyncpg.Connection, t: Target) -> list[_Index]:
         elif r["contype"] is not None:
             raise ReplayError(f"cannot copy constraint index {r['name']} ({r['contype']})")
         create = f"CREATE {unique}INDEX {new} ON {t.rebuild} USING {rest}"
-        cost = sampled * r["columns"] * (0.25 if r["partial"] else 1.0)
+        cost = BUILD_US_PER_PAGE * pages + (0 if r["partial"] else BUILD_US_PER_ROW * table_rows)
         out.append(_Index(t, new, r["name"], create, constraint, cost))
     return out
 
@@ -398,40 +409,42 @@ async def _create_indexes(
     """Give each rebuild table the live table's indexes and key constraints under neutral names;
     returns {projection: {rebuild index name: live index name}} for the swap. The builds run
     side by side on `conns` (CREATE INDEX on one table does not block another on it), the
-    longest first, each on one process (no parallel workers of its own: the
-    connections already keep the CPUs busy); then each table gets its constraints and
-    statistics."""
+    longest first, each on one process (no parallel workers of its own: the connections already
+    keep the CPUs busy). A table gets its constraints and statistics as soon as its last build
+    is done, from the connection that built it, while the others go on building (its ANALYZE
+    waited for every table's builds, and then for the largest table's alone)."""
     if not chosen:
         return {}
     plans = {t.name: await _indexes(conns[0], t) for t in chosen}
-    builds = sorted(
-        (index for plan in plans.values() for index in plan),
-        key=lambda index: (-index.cost, index.name),
+    builds = collections.deque(
+        sorted(
+            (index for plan in plans.values() for index in plan),
+            key=lambda index: (-index.cost, index.name),
+        )
     )
-    todo: asyncio.Queue[_Index] = asyncio.Queue()
-    for index in builds:
-        todo.put_nowait(index)
+    unbuilt = {t.name: len(plans[t.name]) for t in chosen}
+    finishes = collections.deque(t for t in chosen if not plans[t.name])
 
-    async def build(conn: asyncpg.Connection) -> None:
+    async def lane(conn: asyncpg.Connection) -> None:
         if len(conns) > 1:
             await conn.execute("SET max_parallel_maintenance_workers = 0")
         try:
-            while not todo.empty():
-                index = todo.get_nowait()
+            while finishes or builds:
+                if finishes:
+                    t = finishes.popleft()
+                    await _finish_indexes(conn, t, plans[t.name])
+                    continue
+                index = builds.popleft()
                 await conn.execute(f"DROP INDEX IF EXISTS {index.name}")
                 await conn.execute(index.create)
+                unbuilt[index.target.name] -= 1
+                if not unbuilt[index.target.name]:
+                    finishes.append(index.target)
         finally:
             if len(conns) > 1:
                 await conn.execute("RESET max_parallel_maintenance_workers")
 
-    await _all(build(c) for c in conns)
-    tables = iter(chosen)
-
-    async def finish(conn: asyncpg.Connection) -> None:
-        for t in tables:
-            await _finish_indexes(conn, t, plans[t.name])
-
-    await _all(finish(c) for c in conns)
+    await _all(lane(c) for c in conns)
     return {t.name: {index.name: index.live for index in plans[t.name]} for t in chosen}
 
 
