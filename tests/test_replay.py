@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import re
+import uuid
 from typing import Any
 
 import asyncpg
@@ -517,3 +518,29 @@ async def test_a_whole_replay_passes_over_streams_of_kinds_no_projection_folds(
     result = await replay(database_url, verify=True)
     assert result.differences == [], [str(d) for d in result.differences]
     assert (await replay(database_url)).swapped
+
+
+async def test_the_swap_has_autovacuum_cancelled_sooner_only_where_the_role_may(
+    pool: asyncpg.Pool, database_url: str
+) -> None:
+    # deadlock_timeout is the wait after which PostgreSQL cancels an autovacuum in a lock's way;
+    # only a superuser (or a role granted SET on it) may change it, and a plain role's replay
+    # must go on with the server's.
+    admin = await asyncpg.connect(database_url)
+    try:
+        await rebuild._cancel_autovacuum_sooner(admin)
+        assert await admin.fetchval("SHOW deadlock_timeout") == "50ms"
+    finally:
+        await admin.close()
+    role = f"slotlog_plain_{uuid.uuid4().hex[:8]}"
+    await pool.execute(f"CREATE ROLE {role} LOGIN")
+    try:
+        plain = await asyncpg.connect(database_url, user=role)
+        try:
+            before = await plain.fetchval("SHOW deadlock_timeout")
+            await rebuild._cancel_autovacuum_sooner(plain)
+            assert await plain.fetchval("SHOW deadlock_timeout") == before != "50ms"
+        finally:
+            await plain.close()
+    finally:
+        await pool.execute(f"DROP ROLE {role}")
