@@ -39,7 +39,7 @@ from bench.stats import latency, ratio
 
 RESOURCES = 200
 HOLD_BAR = 0.50
-PAIRS = 2
+PAIRS = 3
 ONE_SLOT = 200
 SEATS, SEAT_REQUESTS = 100, 500
 P99_BAR_MS = 500.0
