@@ -302,11 +302,18 @@ async def _create_tables(conn: asyncpg.Connection, chosen: Sequence[Target]) -> 
 
 async def _take_over_options(conn: asyncpg.Connection, t: Target) -> None:
     """At the swap: the rebuild table gets autovacuum back and the live table's own storage
-    options (fillfactor, autovacuum settings, …), which CREATE TABLE … LIKE does not copy."""
+    options (fillfactor, autovacuum settings, …) and its TOAST table's (`toast.…`), which
+    CREATE TABLE … LIKE does not copy."""
     await conn.execute(f"ALTER TABLE {t.rebuild} RESET ({', '.join(_NO_AUTOVACUUM)})")
-    options: list[str] | None = await conn.fetchval(
-        "SELECT reloptions FROM pg_class WHERE oid = $1::regclass", t.table
+    row = await conn.fetchrow(
+        "SELECT c.reloptions, toast.reloptions FROM pg_class c "
+        "LEFT JOIN pg_class toast ON toast.oid = c.reltoastrelid WHERE c.oid = $1::regclass",
+        t.table,
     )
+    assert row is not None
+    own: list[str] = row[0] or []
+    of_toast: list[str] = row[1] or []
+    options = [*own, *(f"toast.{o}" for o in of_toast)]
     if options:
         listed = ", ".join(
             f"{name} = {_literal(value)}" for name, _, value in (o.partition("=") for o in options)

@@ -468,17 +468,23 @@ async def test_rebuild_tables_go_without_autovacuum_and_take_over_the_live_table
     w = await workload(pool, seed=5)
     await w.run(60, concurrency=2)
     await pool.execute(
-        "ALTER TABLE rm_bookings SET (fillfactor = 90, autovacuum_vacuum_scale_factor = 0.05)"
+        "ALTER TABLE rm_bookings SET (fillfactor = 90, autovacuum_vacuum_scale_factor = 0.05, "
+        "toast.autovacuum_vacuum_cost_delay = 5)"
     )
     seen: list[list[str] | None] = []
     checks: list[asyncio.Task[None]] = []
 
-    async def look() -> None:
-        seen.append(
-            await pool.fetchval(
-                "SELECT reloptions FROM pg_class WHERE oid = 'rm_bookings_rebuild'::regclass"
-            )
+    async def options(table: str) -> tuple[list[str] | None, list[str] | None]:
+        row = await pool.fetchrow(
+            "SELECT c.reloptions, toast.reloptions FROM pg_class c "
+            "JOIN pg_class toast ON toast.oid = c.reltoastrelid WHERE c.oid = $1::regclass",
+            table,
         )
+        assert row is not None
+        return row[0], row[1]
+
+    async def look() -> None:
+        seen.extend(await options("rm_bookings_rebuild"))
 
     def progress(stage: str, advance: int, total: int | None) -> None:
         if stage == "fold" and not checks:
@@ -488,17 +494,16 @@ async def test_rebuild_tables_go_without_autovacuum_and_take_over_the_live_table
         result = await replay(database_url, ["bookings", "busy"], progress=progress)
         await asyncio.gather(*checks)
         assert result.swapped
-        assert seen == [["autovacuum_enabled=off"]]
-        assert await pool.fetchval(
-            "SELECT reloptions FROM pg_class WHERE oid = 'rm_bookings'::regclass"
-        ) == ["fillfactor=90", "autovacuum_vacuum_scale_factor=0.05"]
-        assert (
-            await pool.fetchval("SELECT reloptions FROM pg_class WHERE oid = 'rm_busy'::regclass")
-            is None
+        assert seen == [["autovacuum_enabled=off"], ["autovacuum_enabled=off"]]  # and its TOAST
+        assert await options("rm_bookings") == (
+            ["fillfactor=90", "autovacuum_vacuum_scale_factor=0.05"],
+            ["autovacuum_vacuum_cost_delay=5"],
         )
+        assert await options("rm_busy") == (None, None)
     finally:
         await pool.execute(
-            "ALTER TABLE rm_bookings RESET (fillfactor, autovacuum_vacuum_scale_factor)"
+            "ALTER TABLE rm_bookings RESET (fillfactor, autovacuum_vacuum_scale_factor, "
+            "toast.autovacuum_vacuum_cost_delay)"
         )
 
 
