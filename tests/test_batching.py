@@ -155,3 +155,35 @@ async def test_a_hold_is_decided_on_the_service_as_it_is_now(api: Api) -> None:
     await service(api, "svc", ["room"], durations=[60, 90])
     booked = await hold(api, "svc", at(day, "11:00"), duration_minutes=90)
     assert booked["end"] == iso(at(day, "12:30"))
+
+
+async def test_holds_arriving_together_are_shared_among_the_batches_in_flight(api: Api) -> None:
+    """Holds that arrive together are split among the batches a process may have in flight
+    (three), so that one is decided while another commits, rather than all going into the first
+    batch while the others stay idle (the convoy the benchmark showed: every 64 requests in one
+    batch, the worker idle while it committed). A batch that starts while others are in flight
+    takes every request waiting."""
+    day = weekday_ahead(4)
+    rooms = 6
+    for n in range(rooms):
+        await resource(api, f"room{n}")
+        await service(api, f"svc{n}", [f"room{n}"])
+        await hold(api, f"svc{n}", at(day, "16:00"))  # planned from memory from now on
+
+    async def send(n: int) -> int:
+        start = at(day, f"{9 + n // rooms:02d}:00")
+        r = await api.post("/v1/bookings", {"service": f"svc{n % rooms}", "start": iso(start)})
+        return r.status_code
+
+    holds = rooms * 7  # every free hour of every room
+    assert await asyncio.gather(*(send(n) for n in range(holds))) == [201] * holds
+    sizes = [
+        r[0]
+        for r in await api.pool.fetch(
+            "SELECT count(*) FROM events WHERE type = 'SlotHeld' AND data->>'start' < $1 "
+            "GROUP BY transaction_id ORDER BY min(position)",
+            iso(at(day, "16:00")),
+        )
+    ]
+    assert sum(sizes) == holds
+    assert max(sizes) <= -(-holds // 3), sizes
