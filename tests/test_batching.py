@@ -161,8 +161,8 @@ async def test_holds_arriving_together_are_shared_among_the_batches_in_flight(ap
     """Holds that arrive together are split among the batches a process may have in flight
     (three), so that one is decided while another commits, rather than all going into the first
     batch while the others stay idle (the convoy the benchmark showed: every 64 requests in one
-    batch, the worker idle while it committed). A batch that starts while others are in flight
-    takes every request waiting."""
+    batch, the worker idle while it committed). Here all 42 reach the batcher before any batch
+    starts (nothing they need is left to read), so the first batch took all 42 before."""
     day = weekday_ahead(4)
     rooms = 6
     for n in range(rooms):
