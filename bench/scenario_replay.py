@@ -68,8 +68,8 @@ async def copy_alone(bench: Bench) -> tuple[int, float, CpuMeter]:
     tables by COPY alone, as the replay's writers send them (timestamps as PostgreSQL's
     microseconds, chunks of its size, one connection per table, side by side, commits not
     waiting for the disk), without reading or folding the log. Rows are read beforehand."""
-    tables = [t.table for t in rebuild.targets() if t.inline is not None]
     columns = {t.table: t.inline.columns for t in rebuild.targets() if t.inline is not None}
+    tables = list(columns)
     conns = [await bench.connect() for _ in tables]
     try:
         rows: dict[str, list[tuple[object, ...]]] = {}
