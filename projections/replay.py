@@ -298,6 +298,40 @@ async def _create_tables(conn: asyncpg.Connection, chosen: Sequence[Target]) -> 
             f"CREATE TABLE {t.rebuild} (LIKE {t.table} INCLUDING ALL EXCLUDING INDEXES) "
             f"WITH ({off})"
         )
+        await _take_over_column_settings(conn, t)
+
+
+#: PostgreSQL's own attribute options. Others may be there too (a server seen here marks every
+#: column of a new table with one of its own) and are the server's business, not ours.
+_COLUMN_OPTIONS: Final = frozenset({"n_distinct", "n_distinct_inherited"})
+
+
+async def _take_over_column_settings(conn: asyncpg.Connection, t: Target) -> None:
+    """The live table's per-column planner settings, which CREATE TABLE … LIKE does not copy:
+    statistics targets (`ALTER COLUMN … SET STATISTICS`) and attribute options (`n_distinct`,
+    `n_distinct_inherited`). Set before the load, so that the rebuild's own ANALYZE honours
+    them, and kept by the swap. (PostgreSQL 17 leaves attstattarget NULL for the default;
+    earlier versions say -1.)"""
+    rows = await conn.fetch(
+        "SELECT attname, attstattarget, attoptions FROM pg_attribute "
+        "WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped "
+        "AND (coalesce(attstattarget, -1) >= 0 OR attoptions IS NOT NULL) ORDER BY attnum",
+        t.table,
+    )
+    for name, target, options in rows:
+        column = '"' + name.replace('"', '""') + '"'
+        if target is not None and target >= 0:
+            await conn.execute(
+                f"ALTER TABLE {t.rebuild} ALTER COLUMN {column} SET STATISTICS {int(target)}"
+            )
+        planner = [
+            (key, value)
+            for key, _, value in (o.partition("=") for o in options or ())
+            if key in _COLUMN_OPTIONS
+        ]
+        if planner:
+            listed = ", ".join(f"{key} = {_literal(value)}" for key, value in planner)
+            await conn.execute(f"ALTER TABLE {t.rebuild} ALTER COLUMN {column} SET ({listed})")
 
 
 async def _take_over_options(conn: asyncpg.Connection, t: Target) -> None:

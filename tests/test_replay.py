@@ -8,7 +8,8 @@ import asyncio
 import gc
 import re
 import uuid
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 import asyncpg
 import msgspec
@@ -29,6 +30,8 @@ from tests.conftest import Api
 from tests.settle import settled
 from tests.workload import Workload
 
+T = TypeVar("T")
+
 LIVE_TABLES = ("rm_resources", "rm_services", "rm_bookings", "rm_busy", "rm_sessions")
 
 
@@ -48,6 +51,23 @@ async def indexes(pool: asyncpg.Pool) -> dict[str, list[str]]:
     for r in rows:
         out.setdefault(r["tablename"], []).append(r["indexname"])
     return out
+
+
+async def replay_looking(
+    database_url: str, names: list[str], look: Callable[[], Coroutine[Any, Any, T]]
+) -> tuple[rebuild.Result, T]:
+    """Replay `names` and swap; `look()` runs once, on another connection, when the fold first
+    reports progress (the rebuild tables exist, their indexes do not yet). Returns the result and
+    what `look` saw."""
+    checks: list[asyncio.Task[T]] = []
+
+    def progress(stage: str, advance: int, total: int | None) -> None:
+        if stage == "fold" and not checks:
+            checks.append(asyncio.get_running_loop().create_task(look()))
+
+    result = await replay(database_url, names, progress=progress)
+    assert checks, "the fold reported no progress"
+    return result, await checks[0]
 
 
 async def test_verify_after_10000_random_commands_then_name_a_tampered_row(
@@ -471,8 +491,6 @@ async def test_rebuild_tables_go_without_autovacuum_and_take_over_the_live_table
         "ALTER TABLE rm_bookings SET (fillfactor = 90, autovacuum_vacuum_scale_factor = 0.05, "
         "toast.autovacuum_vacuum_cost_delay = 5)"
     )
-    seen: list[list[str] | None] = []
-    checks: list[asyncio.Task[None]] = []
 
     async def options(table: str) -> tuple[list[str] | None, list[str] | None]:
         row = await pool.fetchrow(
@@ -483,18 +501,12 @@ async def test_rebuild_tables_go_without_autovacuum_and_take_over_the_live_table
         assert row is not None
         return row[0], row[1]
 
-    async def look() -> None:
-        seen.extend(await options("rm_bookings_rebuild"))
-
-    def progress(stage: str, advance: int, total: int | None) -> None:
-        if stage == "fold" and not checks:
-            checks.append(asyncio.get_running_loop().create_task(look()))
-
     try:
-        result = await replay(database_url, ["bookings", "busy"], progress=progress)
-        await asyncio.gather(*checks)
+        result, seen = await replay_looking(
+            database_url, ["bookings", "busy"], lambda: options("rm_bookings_rebuild")
+        )
         assert result.swapped
-        assert seen == [["autovacuum_enabled=off"], ["autovacuum_enabled=off"]]  # and its TOAST
+        assert seen == (["autovacuum_enabled=off"], ["autovacuum_enabled=off"])  # and its TOAST
         assert await options("rm_bookings") == (
             ["fillfactor=90", "autovacuum_vacuum_scale_factor=0.05"],
             ["autovacuum_vacuum_cost_delay=5"],
@@ -505,6 +517,48 @@ async def test_rebuild_tables_go_without_autovacuum_and_take_over_the_live_table
             "ALTER TABLE rm_bookings RESET (fillfactor, autovacuum_vacuum_scale_factor, "
             "toast.autovacuum_vacuum_cost_delay)"
         )
+
+
+async def test_the_swapped_in_tables_keep_the_live_tables_column_statistics_settings(
+    pool: asyncpg.Pool, database_url: str
+) -> None:
+    # An operator's statistics target or n_distinct on a read-model column survives a replay
+    # (CREATE TABLE … LIKE copies neither), and the rebuild's own ANALYZE already uses them.
+    w = await workload(pool, seed=6)
+    await w.run(40, concurrency=2)
+    await pool.execute(
+        "ALTER TABLE rm_bookings ALTER COLUMN status SET STATISTICS 250, "
+        "ALTER COLUMN service_id SET (n_distinct = -0.25)"
+    )
+    await pool.execute("ALTER TABLE rm_busy ALTER COLUMN resource_id SET (n_distinct = 40)")
+
+    async def settings(table: str) -> dict[str, tuple[int, list[str] | None]]:
+        # PostgreSQL's own attribute options only: a server seen here gives every column of a
+        # new table an option of its own (`pg_attver=…`).
+        rows = await pool.fetch(
+            "SELECT attname, coalesce(attstattarget, -1), ("
+            "  SELECT array_agg(o ORDER BY o) FROM unnest(attoptions) AS o"
+            "  WHERE o LIKE 'n\\_distinct%') FROM pg_attribute "
+            "WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped",
+            table,
+        )
+        return {r[0]: (r[1], r[2]) for r in rows if r[1] >= 0 or r[2] is not None}
+
+    try:
+        result, seen = await replay_looking(
+            database_url, ["bookings", "busy"], lambda: settings("rm_bookings_rebuild")
+        )
+        assert result.swapped
+        bookings = {"status": (250, None), "service_id": (-1, ["n_distinct=-0.25"])}
+        assert seen == bookings  # before the load, so its ANALYZE honours them
+        assert await settings("rm_bookings") == bookings
+        assert await settings("rm_busy") == {"resource_id": (-1, ["n_distinct=40"])}
+    finally:
+        await pool.execute(
+            "ALTER TABLE rm_bookings ALTER COLUMN status SET STATISTICS -1, "
+            "ALTER COLUMN service_id RESET (n_distinct)"
+        )
+        await pool.execute("ALTER TABLE rm_busy ALTER COLUMN resource_id RESET (n_distinct)")
 
 
 async def test_a_whole_replay_passes_over_streams_of_kinds_no_projection_folds(
