@@ -353,6 +353,38 @@ async def _take_over_options(conn: asyncpg.Connection, t: Target) -> None:
             f"{name} = {_literal(value)}" for name, _, value in (o.partition("=") for o in options)
         )
         await conn.execute(f"ALTER TABLE {t.rebuild} SET ({listed})")
+    await _take_over_access(conn, t)
+
+
+async def _take_over_access(conn: asyncpg.Connection, t: Target) -> None:
+    """The live table's owner and the privileges granted on it, on the whole table and on
+    columns (a reporting role's SELECT, say), which CREATE TABLE … LIKE does not copy: without
+    them the swapped-in table would belong to whoever ran the replay and grant nothing. A role
+    that may drop the live table (which the swap does) may also give its owner the new one."""
+    owner = await conn.fetchval(
+        "SELECT relowner::regrole::text FROM pg_class WHERE oid = $1::regclass", t.table
+    )
+    if owner != await conn.fetchval("SELECT current_user::regrole::text"):
+        await conn.execute(f"ALTER TABLE {t.rebuild} OWNER TO {owner}")
+    # regrole's text is a quoted identifier where one is needed; grantee 0 is PUBLIC.
+    grants = await conn.fetch(
+        "SELECT NULL::text AS column_name, g.* FROM ("
+        "  SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END,"
+        "         a.privilege_type, a.is_grantable"
+        "  FROM pg_class c, aclexplode(c.relacl) a"
+        "  WHERE c.oid = $1::regclass AND a.grantee <> c.relowner) AS g "
+        "UNION ALL "
+        "SELECT quote_ident(t.attname),"
+        "       CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END,"
+        "       a.privilege_type, a.is_grantable "
+        "FROM pg_attribute t, aclexplode(t.attacl) a "
+        "WHERE t.attrelid = $1::regclass AND t.attnum > 0 AND NOT t.attisdropped",
+        t.table,
+    )
+    for column, grantee, privilege, grantable in grants:
+        on = f"({column}) " if column is not None else ""
+        option = " WITH GRANT OPTION" if grantable else ""
+        await conn.execute(f"GRANT {privilege} {on}ON {t.rebuild} TO {grantee}{option}")
 
 
 def _literal(value: str) -> str:

@@ -561,6 +561,48 @@ async def test_the_swapped_in_tables_keep_the_live_tables_column_statistics_sett
         await pool.execute("ALTER TABLE rm_busy ALTER COLUMN resource_id RESET (n_distinct)")
 
 
+async def test_the_swapped_in_tables_keep_the_live_tables_owner_and_grants(
+    pool: asyncpg.Pool, database_url: str
+) -> None:
+    # A reporting role's SELECT on a read model, and the table's owner, survive a replay run by
+    # another role (here a superuser): CREATE TABLE … LIKE copies neither.
+    w = await workload(pool, seed=7)
+    await w.run(30, concurrency=2)
+    suffix = uuid.uuid4().hex[:8]
+    reader, owner = f"slotlog_test_reader_{suffix}", f"slotlog_test_owner_{suffix}"
+    me = await pool.fetchval("SELECT current_user")
+    await pool.execute(f"CREATE ROLE {reader}")
+    await pool.execute(f"CREATE ROLE {owner}")
+    try:
+        await pool.execute(f"ALTER TABLE rm_busy OWNER TO {owner}")
+        await pool.execute(f"GRANT SELECT ON rm_bookings TO {reader}")
+        await pool.execute(f"GRANT UPDATE (status) ON rm_bookings TO {reader} WITH GRANT OPTION")
+        result = await replay(database_url, ["bookings", "busy"])
+        assert result.swapped
+
+        async def may(privilege: str, column: str | None = None) -> bool:
+            if column is None:
+                sql = "SELECT has_table_privilege($1, 'rm_bookings', $2)"
+                return bool(await pool.fetchval(sql, reader, privilege))
+            sql = "SELECT has_column_privilege($1, 'rm_bookings', $3, $2)"
+            return bool(await pool.fetchval(sql, reader, privilege, column))
+
+        assert await may("SELECT")
+        assert await may("UPDATE WITH GRANT OPTION", "status")
+        assert not await may("UPDATE", "kind")
+        assert not await may("INSERT")
+        owners = await pool.fetch(
+            "SELECT tablename, tableowner FROM pg_tables "
+            "WHERE tablename IN ('rm_bookings', 'rm_busy') ORDER BY 1"
+        )
+        assert [tuple(r) for r in owners] == [("rm_bookings", me), ("rm_busy", owner)]
+    finally:
+        await pool.execute(f'ALTER TABLE rm_busy OWNER TO "{me}"')
+        await pool.execute(f"DROP OWNED BY {reader}, {owner}")  # their grants here
+        await pool.execute(f"DROP ROLE {reader}")
+        await pool.execute(f"DROP ROLE {owner}")
+
+
 async def test_a_whole_replay_passes_over_streams_of_kinds_no_projection_folds(
     pool: asyncpg.Pool, database_url: str
 ) -> None:
