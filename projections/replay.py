@@ -287,6 +287,34 @@ async def _refold(
 _NO_AUTOVACUUM: Final = ("autovacuum_enabled", "toast.autovacuum_enabled")
 
 
+async def _nothing_depends_on(conn: asyncpg.Connection, chosen: Sequence[Target]) -> None:
+    """Refuse at once, before any work, when an object outside a live table depends on it (a
+    view, a foreign key from another table, …): the swap drops the live table, which PostgreSQL
+    would refuse only at the end of the fold. Its own indexes, constraints, triggers and the
+    like depend on it automatically (deptype 'a' or 'i') and go with it."""
+    rows = await conn.fetch(
+        # A view depends through its rewrite rule: named by the view.
+        "SELECT DISTINCT t.table_name, CASE WHEN d.classid = 'pg_rewrite'::regclass "
+        "THEN (SELECT pg_describe_object('pg_class'::regclass, r.ev_class, 0) FROM pg_rewrite r "
+        "      WHERE r.oid = d.objid) "
+        "ELSE pg_describe_object(d.classid, d.objid, 0) END "
+        "FROM unnest($1::text[]) AS t (table_name) "
+        "JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass "
+        "AND d.refobjid = t.table_name::regclass AND d.deptype = 'n' "
+        "ORDER BY 1, 2",
+        [t.table for t in chosen],
+    )
+    if rows:
+        raise ReplayError(_dependents_message("; ".join(f"{w} on {t}" for t, w in rows)))
+
+
+def _dependents_message(listed: str) -> str:
+    return (
+        f"other objects depend on the tables to be swapped ({listed}): drop them, replay, and "
+        "create them again (`--verify` compares without swapping)"
+    )
+
+
 async def _create_tables(conn: asyncpg.Connection, chosen: Sequence[Target]) -> None:
     """The empty rebuild tables, without autovacuum until the swap: a vacuum of a table that
     has just been loaded holds a lock that an index build or the swap can only take by waiting
@@ -1156,6 +1184,8 @@ async def _run(
 ) -> None:
     write = admin  # catch-up and swap: rows of datetimes (the writers send microseconds)
     inline = [t for t in chosen if t.inline is not None]
+    if not verify:
+        await _nothing_depends_on(admin, chosen)
     await _create_tables(admin, chosen)
 
     async def beside_the_fold() -> tuple[dict[str, dict[str, str]], dict[str, Checkpoint], int]:
@@ -1223,6 +1253,8 @@ async def _run(
         result.swap_attempts = attempt
         try:
             await _swap_once(admin, chosen, since, async_at, index_names, lock_timeout)
+        except asyncpg.DependentObjectsStillExistError as exc:  # made while the fold ran
+            raise ReplayError(_dependents_message(exc.detail or str(exc))) from exc
         except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError):
             lock_timeout = await _autovacuum_in_the_way(admin, chosen) or SWAP_LOCK_TIMEOUT
             if inline and since is not None:
