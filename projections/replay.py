@@ -288,20 +288,41 @@ _NO_AUTOVACUUM: Final = ("autovacuum_enabled", "toast.autovacuum_enabled")
 
 
 async def _nothing_depends_on(conn: asyncpg.Connection, chosen: Sequence[Target]) -> None:
-    """Refuse at once, before any work, when an object outside a live table depends on it (a
-    view, a foreign key from another table, …): the swap drops the live table, which PostgreSQL
-    would refuse only at the end of the fold. Its own indexes, constraints, triggers and the
-    like depend on it automatically (deptype 'a' or 'i') and go with it."""
+    """Refuse at once, before any work, when the swap, which drops each live table and renames
+    its rebuilt one, would fail or silently lose something of an operator's: an object that
+    depends on a live table (a view, another table's foreign key: PostgreSQL would refuse the
+    drop only at the end of the fold), or one that belongs to it and is not rebuilt with it (a
+    trigger, a row-level security policy, a rule, a publication's membership). What the swap does
+    carry over is in _take_over_options and _take_over_column_settings."""
     rows = await conn.fetch(
-        # A view depends through its rewrite rule: named by the view.
-        "SELECT DISTINCT t.table_name, CASE WHEN d.classid = 'pg_rewrite'::regclass "
-        "THEN (SELECT pg_describe_object('pg_class'::regclass, r.ev_class, 0) FROM pg_rewrite r "
-        "      WHERE r.oid = d.objid) "
-        "ELSE pg_describe_object(d.classid, d.objid, 0) END "
-        "FROM unnest($1::text[]) AS t (table_name) "
-        "JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass "
-        "AND d.refobjid = t.table_name::regclass AND d.deptype = 'n' "
-        "ORDER BY 1, 2",
+        """
+        WITH t AS (SELECT name, name::regclass AS oid FROM unnest($1::text[]) AS name)
+        -- A view depends through its rewrite rule: named by the view. The table's own rules
+        -- (named below) depend on it too.
+        SELECT t.name, CASE WHEN r.oid IS NULL THEN pg_describe_object(d.classid, d.objid, 0)
+               ELSE pg_describe_object('pg_class'::regclass, r.ev_class, 0) END
+          FROM t JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass
+           AND d.refobjid = t.oid AND d.deptype = 'n'
+          LEFT JOIN pg_rewrite r ON d.classid = 'pg_rewrite'::regclass AND r.oid = d.objid
+         WHERE r.ev_class IS DISTINCT FROM t.oid
+        UNION
+        SELECT t.name, 'trigger ' || quote_ident(g.tgname)
+          FROM t JOIN pg_trigger g ON g.tgrelid = t.oid AND NOT g.tgisinternal
+        UNION
+        SELECT t.name, 'policy ' || quote_ident(p.polname)
+          FROM t JOIN pg_policy p ON p.polrelid = t.oid
+        UNION
+        SELECT t.name, 'row level security' FROM t JOIN pg_class c ON c.oid = t.oid
+         WHERE c.relrowsecurity OR c.relforcerowsecurity
+        UNION
+        SELECT t.name, 'rule ' || quote_ident(r.rulename)
+          FROM t JOIN pg_rewrite r ON r.ev_class = t.oid
+        UNION
+        SELECT t.name, 'publication ' || quote_ident(b.pubname)
+          FROM t JOIN pg_publication_rel pr ON pr.prrelid = t.oid
+          JOIN pg_publication b ON b.oid = pr.prpubid
+        ORDER BY 1, 2
+        """,
         [t.table for t in chosen],
     )
     if rows:
@@ -310,8 +331,8 @@ async def _nothing_depends_on(conn: asyncpg.Connection, chosen: Sequence[Target]
 
 def _dependents_message(listed: str) -> str:
     return (
-        f"other objects depend on the tables to be swapped ({listed}): drop them, replay, and "
-        "create them again (`--verify` compares without swapping)"
+        f"the swap replaces the live tables, which these depend on or belong to ({listed}): "
+        "drop them, replay, and create them again (`--verify` compares without swapping)"
     )
 
 
@@ -364,8 +385,8 @@ async def _take_over_column_settings(conn: asyncpg.Connection, t: Target) -> Non
 
 async def _take_over_options(conn: asyncpg.Connection, t: Target) -> None:
     """At the swap: the rebuild table gets autovacuum back and the live table's own storage
-    options (fillfactor, autovacuum settings, …) and its TOAST table's (`toast.…`), which
-    CREATE TABLE … LIKE does not copy."""
+    options (fillfactor, autovacuum settings, …), its TOAST table's (`toast.…`), its comment,
+    owner and privileges, which CREATE TABLE … LIKE does not copy."""
     await conn.execute(f"ALTER TABLE {t.rebuild} RESET ({', '.join(_NO_AUTOVACUUM)})")
     row = await conn.fetchrow(
         "SELECT c.reloptions, toast.reloptions FROM pg_class c "
@@ -381,6 +402,9 @@ async def _take_over_options(conn: asyncpg.Connection, t: Target) -> None:
             f"{name} = {_literal(value)}" for name, _, value in (o.partition("=") for o in options)
         )
         await conn.execute(f"ALTER TABLE {t.rebuild} SET ({listed})")
+    comment = await conn.fetchval("SELECT obj_description($1::regclass, 'pg_class')", t.table)
+    if comment is not None:
+        await conn.execute(f"COMMENT ON TABLE {t.rebuild} IS {_literal(comment)}")
     await _take_over_access(conn, t)
 
 

@@ -491,6 +491,7 @@ async def test_rebuild_tables_go_without_autovacuum_and_take_over_the_live_table
         "ALTER TABLE rm_bookings SET (fillfactor = 90, autovacuum_vacuum_scale_factor = 0.05, "
         "toast.autovacuum_vacuum_cost_delay = 5)"
     )
+    await pool.execute("COMMENT ON TABLE rm_bookings IS 'Every booking, one row each: it''s ours'")
 
     async def options(table: str) -> tuple[list[str] | None, list[str] | None]:
         row = await pool.fetchrow(
@@ -512,11 +513,17 @@ async def test_rebuild_tables_go_without_autovacuum_and_take_over_the_live_table
             ["autovacuum_vacuum_cost_delay=5"],
         )
         assert await options("rm_busy") == (None, None)
+        comment = "SELECT obj_description($1::regclass, 'pg_class')"
+        assert await pool.fetchval(comment, "rm_bookings") == (
+            "Every booking, one row each: it's ours"
+        )
+        assert await pool.fetchval(comment, "rm_busy") is None
     finally:
         await pool.execute(
             "ALTER TABLE rm_bookings RESET (fillfactor, autovacuum_vacuum_scale_factor, "
             "toast.autovacuum_vacuum_cost_delay)"
         )
+        await pool.execute("COMMENT ON TABLE rm_bookings IS NULL")
 
 
 async def test_the_swapped_in_tables_keep_the_live_tables_column_statistics_settings(
@@ -638,6 +645,49 @@ async def test_a_view_on_a_read_model_stops_the_swap_with_a_clear_error_and_leav
         assert await pool.fetchval("SELECT count(*) FROM rm_bookings") == live
     finally:
         await pool.execute("DROP VIEW IF EXISTS held_bookings")
+
+
+async def test_what_the_swap_would_drop_silently_stops_the_replay_before_any_work(
+    pool: asyncpg.Pool, database_url: str
+) -> None:
+    # A trigger, a row-level security policy, a rule or a publication's membership belongs to
+    # the live table and would go with it: named, and nothing done.
+    w = await workload(pool, seed=9)
+    await w.run(20, concurrency=2)
+    made = [
+        "CREATE FUNCTION slotlog_test_noop() RETURNS trigger LANGUAGE plpgsql "
+        "AS $$ BEGIN RETURN NEW; END $$",
+        "CREATE TRIGGER audit AFTER INSERT ON rm_busy FOR EACH ROW "
+        "EXECUTE FUNCTION slotlog_test_noop()",
+        "CREATE POLICY by_tenant ON rm_bookings USING (true)",
+        "ALTER TABLE rm_bookings ENABLE ROW LEVEL SECURITY",
+        "CREATE RULE keep AS ON DELETE TO rm_busy DO INSTEAD NOTHING",
+        "CREATE PUBLICATION slotlog_test_cdc FOR TABLE rm_bookings",
+    ]
+    try:
+        for sql in made:
+            await pool.execute(sql)
+        with pytest.raises(rebuild.ReplayError) as refused:
+            await replay(database_url, ["bookings", "busy"])
+        assert str(refused.value).startswith(
+            "the swap replaces the live tables, which these depend on or belong to (policy "
+            "by_tenant on rm_bookings; publication slotlog_test_cdc on rm_bookings; row level "
+            "security on rm_bookings; rule keep on rm_busy; trigger audit on rm_busy): drop "
+            "them, replay, and create them again"
+        )
+        rows = await pool.fetch("SELECT relname FROM pg_class WHERE relname LIKE '%\\_rebuild'")
+        assert rows == []
+    finally:
+        for sql in [
+            "DROP PUBLICATION IF EXISTS slotlog_test_cdc",
+            "DROP RULE IF EXISTS keep ON rm_busy",
+            "ALTER TABLE rm_bookings DISABLE ROW LEVEL SECURITY",
+            "DROP POLICY IF EXISTS by_tenant ON rm_bookings",
+            "DROP TRIGGER IF EXISTS audit ON rm_busy",
+            "DROP FUNCTION IF EXISTS slotlog_test_noop()",
+        ]:
+            await pool.execute(sql)
+    assert (await replay(database_url, ["bookings", "busy"])).swapped
 
 
 async def test_a_whole_replay_passes_over_streams_of_kinds_no_projection_folds(
