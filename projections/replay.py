@@ -1113,6 +1113,9 @@ async def _swap_once(
             if t.async_projection is not None:
                 final[t.name] = await lock_checkpoint(conn, t.name)
         await conn.execute(f"LOCK TABLE {', '.join(t.table for t in chosen)} IN EXCLUSIVE MODE")
+        # Again, under the lock, for what was made while the fold ran: no trigger, policy, rule
+        # or publication can be added from here on (a view still can; the DROP refuses then).
+        await _nothing_depends_on(conn, chosen)
         if inline and since is not None:
             changed = await _changed_streams(conn, since, _kinds(inline))
             await _refold(conn, conn, changed, inline)
