@@ -287,7 +287,9 @@ async def _refold(
 _NO_AUTOVACUUM: Final = ("autovacuum_enabled", "toast.autovacuum_enabled")
 
 
-async def _nothing_depends_on(conn: asyncpg.Connection, chosen: Sequence[Target]) -> None:
+async def _refuse_what_the_swap_would_lose(
+    conn: asyncpg.Connection, chosen: Sequence[Target]
+) -> None:
     """Refuse at once, before any work, when the swap, which drops each live table and renames
     its rebuilt one, would fail or silently lose something of an operator's: an object that
     depends on a live table (a view, another table's foreign key: PostgreSQL would refuse the
@@ -1115,7 +1117,7 @@ async def _swap_once(
         await conn.execute(f"LOCK TABLE {', '.join(t.table for t in chosen)} IN EXCLUSIVE MODE")
         # Again, under the lock, for what was made while the fold ran: no trigger, policy, rule
         # or publication can be added from here on (a view still can; the DROP refuses then).
-        await _nothing_depends_on(conn, chosen)
+        await _refuse_what_the_swap_would_lose(conn, chosen)
         if inline and since is not None:
             changed = await _changed_streams(conn, since, _kinds(inline))
             await _refold(conn, conn, changed, inline)
@@ -1212,7 +1214,7 @@ async def _run(
     write = admin  # catch-up and swap: rows of datetimes (the writers send microseconds)
     inline = [t for t in chosen if t.inline is not None]
     if not verify:
-        await _nothing_depends_on(admin, chosen)
+        await _refuse_what_the_swap_would_lose(admin, chosen)
     await _create_tables(admin, chosen)
 
     async def beside_the_fold() -> tuple[dict[str, dict[str, str]], dict[str, Checkpoint], int]:
