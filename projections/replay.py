@@ -441,6 +441,27 @@ async def _take_over_access(conn: asyncpg.Connection, t: Target) -> None:
         await conn.execute(f"GRANT {privilege} {on}ON {t.rebuild} TO {grantee}{option}")
 
 
+async def _replica_identity(conn: asyncpg.Connection, t: Target) -> str | None:
+    """The live table's replica identity, as ALTER TABLE … REPLICA IDENTITY takes it, where it
+    is not the default (the primary key): FULL, NOTHING or USING INDEX name. CREATE TABLE … LIKE
+    does not copy it; logical decoding of a publication FOR ALL TABLES depends on it."""
+    row = await conn.fetchrow(
+        "SELECT c.relreplident::text, (SELECT quote_ident(i.relname) FROM pg_index x "
+        "JOIN pg_class i ON i.oid = x.indexrelid WHERE x.indrelid = c.oid AND x.indisreplident) "
+        "FROM pg_class c WHERE c.oid = $1::regclass",
+        t.table,
+    )
+    assert row is not None
+    kind, index = row
+    if kind == "f":
+        return "FULL"
+    if kind == "n":
+        return "NOTHING"
+    if kind == "i" and index is not None:
+        return f"USING INDEX {index}"
+    return None
+
+
 def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
@@ -1130,10 +1151,13 @@ async def _swap_once(
                 final[t.name] = async_at[t.name]
         for t in chosen:
             await _take_over_options(conn, t)
+            identity = await _replica_identity(conn, t)
             await conn.execute(f"DROP TABLE {t.table}")
             await conn.execute(f"ALTER TABLE {t.rebuild} RENAME TO {t.table}")
             for rebuilt, live in index_names[t.name].items():
                 await conn.execute(f"ALTER INDEX {rebuilt} RENAME TO {live}")
+            if identity is not None:  # its index, if it names one, has the live name again
+                await conn.execute(f"ALTER TABLE {t.table} REPLICA IDENTITY {identity}")
             if t.async_projection is not None:
                 await save_checkpoint(conn, t.name, final[t.name])
 

@@ -492,6 +492,8 @@ async def test_rebuild_tables_go_without_autovacuum_and_take_over_the_live_table
         "toast.autovacuum_vacuum_cost_delay = 5)"
     )
     await pool.execute("COMMENT ON TABLE rm_bookings IS 'Every booking, one row each: it''s ours'")
+    await pool.execute("ALTER TABLE rm_bookings REPLICA IDENTITY USING INDEX rm_bookings_pkey")
+    await pool.execute("ALTER TABLE rm_busy REPLICA IDENTITY FULL")
 
     async def options(table: str) -> tuple[list[str] | None, list[str] | None]:
         row = await pool.fetchrow(
@@ -518,7 +520,15 @@ async def test_rebuild_tables_go_without_autovacuum_and_take_over_the_live_table
             "Every booking, one row each: it's ours"
         )
         assert await pool.fetchval(comment, "rm_busy") is None
+        identity = (
+            "SELECT c.relreplident::text, (SELECT i.indexrelid::regclass::text FROM pg_index i "
+            "WHERE i.indrelid = c.oid AND i.indisreplident) FROM pg_class c WHERE c.relname = $1"
+        )
+        assert tuple(await pool.fetchrow(identity, "rm_bookings")) == ("i", "rm_bookings_pkey")
+        assert tuple(await pool.fetchrow(identity, "rm_busy")) == ("f", None)
     finally:
+        await pool.execute("ALTER TABLE rm_bookings REPLICA IDENTITY DEFAULT")
+        await pool.execute("ALTER TABLE rm_busy REPLICA IDENTITY DEFAULT")
         await pool.execute(
             "ALTER TABLE rm_bookings RESET (fillfactor, autovacuum_vacuum_scale_factor, "
             "toast.autovacuum_vacuum_cost_delay)"
