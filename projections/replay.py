@@ -364,25 +364,21 @@ async def _take_over_column_settings(conn: asyncpg.Connection, t: Target) -> Non
     them, and kept by the swap. (PostgreSQL 17 leaves attstattarget NULL for the default;
     earlier versions say -1.)"""
     rows = await conn.fetch(
-        "SELECT attname, attstattarget, attoptions FROM pg_attribute "
+        "SELECT quote_ident(attname), attstattarget, attoptions FROM pg_attribute "
         "WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped "
         "AND (coalesce(attstattarget, -1) >= 0 OR attoptions IS NOT NULL) ORDER BY attnum",
         t.table,
     )
-    for name, target, options in rows:
-        column = '"' + name.replace('"', '""') + '"'
+    for column, target, options in rows:
         if target is not None and target >= 0:
             await conn.execute(
                 f"ALTER TABLE {t.rebuild} ALTER COLUMN {column} SET STATISTICS {int(target)}"
             )
-        planner = [
-            (key, value)
-            for key, _, value in (o.partition("=") for o in options or ())
-            if key in _COLUMN_OPTIONS
-        ]
+        planner = [o for o in options or () if o.partition("=")[0] in _COLUMN_OPTIONS]
         if planner:
-            listed = ", ".join(f"{key} = {_literal(value)}" for key, value in planner)
-            await conn.execute(f"ALTER TABLE {t.rebuild} ALTER COLUMN {column} SET ({listed})")
+            await conn.execute(
+                f"ALTER TABLE {t.rebuild} ALTER COLUMN {column} SET ({_options(planner)})"
+            )
 
 
 async def _take_over_options(conn: asyncpg.Connection, t: Target) -> None:
@@ -400,10 +396,7 @@ async def _take_over_options(conn: asyncpg.Connection, t: Target) -> None:
     of_toast: list[str] = row[1] or []
     options = [*own, *(f"toast.{o}" for o in of_toast)]
     if options:
-        listed = ", ".join(
-            f"{name} = {_literal(value)}" for name, _, value in (o.partition("=") for o in options)
-        )
-        await conn.execute(f"ALTER TABLE {t.rebuild} SET ({listed})")
+        await conn.execute(f"ALTER TABLE {t.rebuild} SET ({_options(options)})")
     comment = await conn.fetchval("SELECT obj_description($1::regclass, 'pg_class')", t.table)
     if comment is not None:
         await conn.execute(f"COMMENT ON TABLE {t.rebuild} IS {_literal(comment)}")
@@ -464,6 +457,14 @@ async def _replica_identity(conn: asyncpg.Connection, t: Target) -> str | None:
 
 def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
+
+
+def _options(options: Sequence[str]) -> str:
+    """Options as PostgreSQL's catalogues list them (`name=value`, as in reloptions and
+    attoptions) written out for `SET (…)`."""
+    return ", ".join(
+        f"{name} = {_literal(value)}" for name, _, value in (o.partition("=") for o in options)
+    )
 
 
 async def _drop_tables(conn: asyncpg.Connection, chosen: Sequence[Target]) -> None:
