@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import inspect
 import os
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Final
 
@@ -21,7 +23,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from service import openapi
 from service.api import availability, bookings, catalogue, ops, sessions
@@ -33,7 +35,7 @@ from service.batching import HoldBatcher, SeatBatcher
 from service.db import create_pool
 from service.errors import ApiError, Unavailable, ValidationFailed
 from service.logs import configure_logging, log
-from service.metrics import Metrics, MetricsMiddleware
+from service.metrics import Metrics
 from service.tenants import KeyCache
 
 _JSON = msgspec.json.Encoder()
@@ -57,32 +59,99 @@ def error_response(exc: ApiError, headers: dict[str, str] | None = None) -> Resp
     return json_response(body, exc.status, headers)
 
 
-class RequestContext:
-    """Binds a request id (the client's `X-Request-Id` if sane, else a new one) to every log line
-    of the request and returns it as a header. A pure ASGI middleware: no body buffering."""
+def bind_request_id(scope: Scope) -> tuple[bytes, bytes]:
+    """The request's id, the client's `X-Request-Id` if sane, else a new one: kept in the
+    request's state, bound to every log line of the request, and returned as the response
+    header that carries it."""
+    given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+    request_id = given if 0 < len(given) <= 128 and given.isprintable() else os.urandom(16).hex()
+    scope.setdefault("state", {})["request_id"] = request_id
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    return (b"x-request-id", request_id.encode())
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+
+class App(Starlette):
+    """Starlette, with two things done once around every HTTP request rather than in middlewares:
+    the request id (bind_request_id), returned as `X-Request-Id` on every answer, the 500s of
+    Starlette's outermost error layer included; and the request's metrics, by route template.
+
+    And a short way in for the routes without path parameters (the hold among them): a request
+    whose method and path are exactly such a route's goes straight to its endpoint, and its
+    errors to the app's exception handlers (the one for `Exception` answers, then re-raises for
+    the server's log, as Starlette's ServerErrorMiddleware does). Every other request takes
+    Starlette's whole stack. In process, that stack (its two exception layers, the router, the
+    route's wrapper, and the two middlewares of ours before this) cost a hold 20-25 us, against
+    11 us this way; a hold costs the worker about 400 us in all."""
+
+    def __init__(self, *, routes: list[Route], lifespan: Any, metrics: Metrics) -> None:
+        super().__init__(routes=routes, lifespan=lifespan)
+        self.metrics = metrics
+        self._exact = {
+            (method, route.path): route
+            for route in routes
+            if isinstance(route, Route)
+            and not route.param_convertors
+            and inspect.iscoroutinefunction(route.endpoint)
+            for method in route.methods or ()
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            await super().__call__(scope, receive, send)
             return
-        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = (
-            given if 0 < len(given) <= 128 and given.isprintable() else os.urandom(16).hex()
+        started = time.perf_counter()
+        header = bind_request_id(scope)
+        route = (
+            None if scope.get("root_path") else self._exact.get((scope["method"], scope["path"]))
         )
-        scope.setdefault("state", {})["request_id"] = request_id
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request_id)
-        header = (b"x-request-id", request_id.encode())
+        status = 500
+        try:
+            if route is not None:
+                status = await self._serve(route, header, scope, receive, send)
+                return
 
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), header]
-            await send(message)
+            async def send_with_id(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                    message["headers"] = [*message.get("headers", []), header]
+                await send(message)
 
-        await self.app(scope, receive, send_with_id)
+            await super().__call__(scope, receive, send_with_id)
+        finally:
+            template = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.metrics.served(scope["method"], template, status, time.perf_counter() - started)
+
+    async def _serve(
+        self, route: Route, header: tuple[bytes, bytes], scope: Scope, receive: Receive, send: Send
+    ) -> int:
+        """What the router and the exception layers would do for `route`; returns the status."""
+        scope.update(app=self, router=self.router, route=route, endpoint=route.endpoint)
+        scope["path_params"] = {}
+        request = Request(scope, receive, send)
+        response: Response
+        try:
+            response = await route.endpoint(request)
+        except Exception as exc:
+            handler = next(
+                (
+                    self.exception_handlers[c]
+                    for c in type(exc).__mro__
+                    if c in self.exception_handlers
+                ),
+                None,
+            )
+            if handler is None:
+                raise
+            response = await handler(request, exc)
+            if handler is self.exception_handlers.get(Exception):
+                response.raw_headers.append(header)
+                await response(scope, receive, send)
+                raise
+        response.raw_headers.append(header)
+        await response(scope, receive, send)
+        return response.status_code
 
 
 async def healthz(request: Request) -> Response:
@@ -234,7 +303,7 @@ def create_app(database_url: str | None = None, *, background: bool = True) -> S
         Route("/openapi.json", openapi_json, methods=["GET"]),
         *ops.routes,
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = App(routes=routes, lifespan=lifespan, metrics=metrics)
     app.state.metrics = metrics
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(HTTPException, _http_error)
@@ -242,6 +311,4 @@ def create_app(database_url: str | None = None, *, background: bool = True) -> S
         app.add_exception_handler(exc_type, _database_down)
     app.add_exception_handler(asyncpg.PostgresError, _postgres_error)
     app.add_exception_handler(Exception, _internal)
-    app.add_middleware(RequestContext)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -1,5 +1,5 @@
 """Prometheus metrics: what is counted in-process, what is read from the database at scrape time,
-and the pure ASGI middleware that times every request.
+and the counting of HTTP requests (service/app.py's App times every request).
 
 In-process (per process; with several uvicorn workers each scrape sees the worker that answered
 it, so sum over instances or scrape each worker — see README "Operations"):
@@ -16,7 +16,6 @@ Each app gets its own CollectorRegistry, so several apps in one process (tests) 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -24,7 +23,6 @@ import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.handler import Commands, Done
 
@@ -116,6 +114,21 @@ class Metrics:
         )
         self._commands = _CommandCounters()
         registry.register(self._commands)
+        # The labelled children per (method, route, status): `labels()` costs a lock and a tuple
+        # hash each call, four times the counting itself. Bounded: routes are templates.
+        self._served: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def served(self, method: str, template: str, status: int, seconds: float) -> None:
+        """Count one HTTP request and record its latency, by its route's template."""
+        key = (method, template, status)
+        children = self._served.get(key)
+        if children is None:
+            children = self._served[key] = (
+                self.requests.labels(method, template, str(status)),
+                self.latency.labels(method, template),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def watch(self, commands: Commands) -> None:
         self._commands.commands = commands
@@ -164,44 +177,3 @@ async def refresh_from_database(
         "SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'"
     )
     metrics.webhook_backlog.set(int(backlog))
-
-
-class MetricsMiddleware:
-    """Times every HTTP request and counts it by route template (`/v1/bookings/{id}`, never the
-    concrete path, so the label set stays small). A pure ASGI middleware: no body buffering."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-        # The labelled children per (method, route, status): `labels()` costs a lock and a tuple
-        # hash each call, four times the counting itself. Bounded: routes are templates.
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_with_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_status)
-        finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            method = scope.get("method", "GET")
-            key = (method, template, status)
-            children = self._children.get(key)
-            if children is None:
-                children = self._children[key] = (
-                    self.metrics.requests.labels(method, template, str(status)),
-                    self.metrics.latency.labels(method, template),
-                )
-            children[0].inc()
-            children[1].observe(time.perf_counter() - started)

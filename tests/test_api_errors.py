@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from service.api import bookings as bookings_api
 from tests.conftest import Api
 from tests.helpers import at, hold, iso, resource, service, weekday_ahead
 
@@ -152,6 +153,33 @@ class TestBadInput:
         error(r, 409, "slot_unavailable")
         r = await api.post("/v1/bookings", {"service": "nope", "start": booked["start"]})
         error(r, 404, "not_found")
+        assert await event_count(api) == before
+
+
+class TestInternalErrors:
+    """A failure of slotlog's own answers 500 `internal_error` with the request's id, the one
+    the server's log names it by, whichever way the request took into the app (service/app.py:
+    an exact route goes straight to its endpoint, one with path parameters through the stack)."""
+
+    async def test_an_unexpected_failure_answers_500_naming_the_request(
+        self, api: Api, booked: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        def fail(*args: Any) -> Any:
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(bookings_api, "check_customer", fail)
+        monkeypatch.setattr(bookings_api, "booking_view", fail)
+        before = await event_count(api)
+        given = {**api.secret, "x-request-id": "req-from-client"}
+        held = await api.client.post(
+            "/v1/bookings", json={"service": "s", "start": booked["start"]}, headers=given
+        )
+        read = await api.client.get(f"/v1/bookings/{booked['id']}", headers=api.secret)
+        for r in (held, read):
+            e = error(r, 500, "internal_error")
+            assert "a bug" not in e["message"]
+        assert held.headers["x-request-id"] == "req-from-client"
+        assert len(read.headers["x-request-id"]) == 32
         assert await event_count(api) == before
 
 
