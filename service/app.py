@@ -12,17 +12,18 @@ import gc
 import inspect
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, Final
 
 import asyncpg
 import msgspec
 import structlog
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Match, Route
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Message, Receive, Scope, Send
 
 from service import openapi
@@ -77,39 +78,48 @@ class App(Starlette):
     Starlette's outermost error layer included; and the request's metrics, by route template.
 
     And a short way in for a request that a route matches in full (path and method): it goes
-    straight to the route's endpoint, and its errors to the app's exception handlers (the one for
-    `Exception` answers, then re-raises for the server's log, as Starlette's
-    ServerErrorMiddleware does). A route without path parameters (the hold among them) is found
-    by one look-up, the others by their patterns in order, as Starlette's router would. Every
-    other request (404, 405, a redirect, a mounted app) takes Starlette's whole stack. In
-    process, that stack (its two exception layers, the router, the route's wrapper, and the two
-    middlewares of ours before this) cost a hold 20-25 us, against 11 us this way; a hold costs
-    the worker about 400 us in all."""
+    straight to the route's endpoint, and its errors through the same two layers of handlers as
+    in Starlette's stack (ExceptionMiddleware's, then ServerErrorMiddleware's: the handler for
+    `Exception` answers if nothing was sent yet, then re-raises for the server's log). A route
+    without path parameters (the hold among them) is found by one look-up, the others by their
+    patterns in order, as Starlette's router would. Every other request (404, 405, a redirect, a
+    mounted app) takes Starlette's whole stack, and so does every request of an app with
+    middleware, a body limit or debug on, and of a route with middleware of its own or an
+    endpoint that is not a coroutine function. In process, that stack (its two exception layers,
+    the router, the route's wrapper, and the two middlewares of ours before this) cost a hold
+    20-25 us, against 11 us this way; a hold costs the worker about 400 us in all."""
 
-    def __init__(self, *, routes: list[Route], lifespan: Any, metrics: Metrics) -> None:
+    def __init__(self, *, routes: Sequence[BaseRoute], lifespan: Any, metrics: Metrics) -> None:
         super().__init__(routes=routes, lifespan=lifespan)
         self.metrics = metrics
-        plain = [
-            r for r in routes if isinstance(r, Route) and inspect.iscoroutinefunction(r.endpoint)
-        ]
-        self._exact = {
-            (method, r.path): r
-            for r in plain
-            if not r.param_convertors
-            for method in r.methods or ()
-        }
-        self._patterns = [r for r in plain if r.param_convertors]
+        self._exact: dict[tuple[str, str], Route] = {}
+        #: The routes that the look-up does not stand for, in order, each with the Route that App
+        #: serves itself, or None for one that the stack serves.
+        self._scan: list[tuple[BaseRoute, Route | None]] = []
+        for n, route in enumerate(routes):
+            served = route if isinstance(route, Route) and _served_directly(route) else None
+            if served is not None and not served.param_convertors:
+                methods = served.methods or set()
+                for method in methods:  # unless an earlier route takes it (the router would)
+                    if not any(_matches_fully(r, method, served.path) for r in routes[:n]):
+                        self._exact.setdefault((method, served.path), served)
+                if all(self._exact.get((m, served.path)) is served for m in methods):
+                    continue
+            self._scan.append((route, served))
+        #: (handlers by exception class, handlers by status, the last-resort handler): as
+        #: Starlette's stack has them, taken on the first request as it builds its stack.
+        self._layers: tuple[dict[Any, Any], dict[int, Any], Any] | None = None
 
     def _match(self, scope: Scope) -> tuple[Route, dict[str, Any]] | None:
-        if scope.get("root_path"):
-            return None  # mounted under a prefix: the router knows how to strip it
-        route = self._exact.get((scope["method"], scope["path"]))
-        if route is not None:
-            return route, {}
-        for route in self._patterns:
+        if scope.get("root_path") or self.user_middleware or self.max_body_size or self.debug:
+            return None  # the stack: a prefix to strip, middleware or a body limit to apply
+        exact = self._exact.get((scope["method"], scope["path"]))
+        if exact is not None:
+            return exact, {}
+        for route, served in self._scan:
             match, child = route.matches(scope)
             if match is Match.FULL:
-                return route, child["path_params"]
+                return None if served is None else (served, child["path_params"])
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -118,60 +128,104 @@ class App(Starlette):
             return
         started = time.perf_counter()
         header = bind_request_id(scope)
-        matched = self._match(scope)
-        status = 500
+        status = 0
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
         try:
-            if matched is not None:
-                status = await self._serve(*matched, header, scope, receive, send)
-                return
-
-            async def send_with_id(message: Message) -> None:
-                nonlocal status
-                if message["type"] == "http.response.start":
-                    status = message["status"]
-                    message["headers"] = [*message.get("headers", []), header]
-                await send(message)
-
-            await super().__call__(scope, receive, send_with_id)
+            matched = self._match(scope)
+            if matched is None:
+                await super().__call__(scope, receive, send_with_id)
+            else:
+                await self._serve(*matched, scope, receive, send_with_id, lambda: status != 0)
         finally:
             template = getattr(scope.get("route"), "path", None) or "unmatched"
-            self.metrics.served(scope["method"], template, status, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self.metrics.served(scope["method"], template, status or 500, seconds)
 
     async def _serve(
         self,
         route: Route,
         path_params: dict[str, Any],
-        header: tuple[bytes, bytes],
         scope: Scope,
         receive: Receive,
         send: Send,
-    ) -> int:
-        """What the router and the exception layers would do for `route`; returns the status."""
+        answered: Callable[[], bool],
+    ) -> None:
+        """What the router, the route's wrapper and the two exception layers would do."""
+        if self._layers is None:
+            handlers = {
+                k: v for k, v in self.exception_handlers.items() if k not in (500, Exception)
+            }
+            by_class = {HTTPException: _starlette_http_error, **handlers}
+            by_status = {k: v for k, v in handlers.items() if isinstance(k, int)}
+            last = self.exception_handlers.get(500) or self.exception_handlers.get(Exception)
+            self._layers = by_class, by_status, last
+        by_class, by_status, last = self._layers
         scope.update(app=self, router=self.router, route=route, endpoint=route.endpoint)
         scope["path_params"] = path_params
         request = Request(scope, receive, send)
-        response: Response
         try:
-            response = await route.endpoint(request)
-        except Exception as exc:
-            handler = next(
-                (
-                    self.exception_handlers[c]
-                    for c in type(exc).__mro__
-                    if c in self.exception_handlers
-                ),
-                None,
-            )
-            if handler is None:
-                raise
-            response = await handler(request, exc)
-            if handler is self.exception_handlers.get(Exception):
-                response.raw_headers.append(header)
+            try:
+                response = await route.endpoint(request)
                 await response(scope, receive, send)
-                raise
-        response.raw_headers.append(header)
-        await response(scope, receive, send)
-        return response.status_code
+            except Exception as exc:
+                handler = None
+                if isinstance(exc, HTTPException):
+                    handler = by_status.get(exc.status_code)
+                if handler is None:
+                    handler = next((by_class[c] for c in type(exc).__mro__ if c in by_class), None)
+                if handler is None:
+                    raise
+                if answered():
+                    raise RuntimeError(
+                        "Caught handled exception, but response already started."
+                    ) from exc
+                await (await _call(handler, request, exc))(scope, receive, send)
+        except Exception as exc:
+            answer = (
+                PlainTextResponse("Internal Server Error", status_code=500)
+                if last is None
+                else await _call(last, Request(scope), exc)
+            )
+            if not answered():
+                await answer(scope, receive, send)
+            raise
+
+
+def _served_directly(route: Route) -> bool:
+    """A route whose endpoint App may call itself: a coroutine function wrapped by Starlette's
+    request_response and nothing else (no middleware or body limit of the route's own)."""
+    return (
+        inspect.iscoroutinefunction(route.endpoint)
+        and getattr(route.app, "__qualname__", "") == "request_response.<locals>.app"
+    )
+
+
+def _matches_fully(route: BaseRoute, method: str, path: str) -> bool:
+    scope = {"type": "http", "method": method, "path": path, "root_path": "", "headers": []}
+    return bool(route.matches(scope)[0] is Match.FULL)
+
+
+async def _call(handler: Any, request: Request, exc: Exception) -> Response:
+    if inspect.iscoroutinefunction(handler):
+        answer: Response = await handler(request, exc)
+    else:
+        answer = await run_in_threadpool(handler, request, exc)
+    return answer
+
+
+async def _starlette_http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own answer to an HTTPException when the app registers none."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code in {204, 304}:
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
 
 
 async def healthz(request: Request) -> Response:

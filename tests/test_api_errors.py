@@ -158,8 +158,8 @@ class TestBadInput:
 
 class TestInternalErrors:
     """A failure of slotlog's own answers 500 `internal_error` with the request's id, the one
-    the server's log names it by, whichever way the request took into the app (service/app.py:
-    an exact route goes straight to its endpoint, one with path parameters through the stack)."""
+    the server's log names it by (service/app.py; tests/test_app_routing.py shows that the
+    stack's 500s, for requests that no route serves directly, carry it too)."""
 
     async def test_an_unexpected_failure_answers_500_naming_the_request(
         self, api: Api, booked: dict[str, Any], monkeypatch: pytest.MonkeyPatch
