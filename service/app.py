@@ -111,8 +111,7 @@ class App(Starlette):
         self._layers: tuple[dict[Any, Any], dict[int, Any], Any] | None = None
 
     def _match(self, scope: Scope) -> tuple[Route, dict[str, Any]] | None:
-        limit = getattr(self, "max_body_size", None)  # Starlette 1.0 and later
-        if scope.get("root_path") or self.user_middleware or limit or self.debug:
+        if scope.get("root_path") or self.user_middleware or self.max_body_size or self.debug:
             return None  # the stack: a prefix to strip, middleware or a body limit to apply
         exact = self._exact.get((scope["method"], scope["path"]))
         if exact is not None:
