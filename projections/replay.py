@@ -295,7 +295,8 @@ async def _refuse_what_the_swap_would_lose(
     depends on a live table (a view, another table's foreign key: PostgreSQL would refuse the
     drop only at the end of the fold), or one that belongs to it and is not rebuilt with it (a
     trigger, a row-level security policy, a rule, a publication's membership). What the swap does
-    carry over is in _take_over_options and _take_over_column_settings."""
+    carry over is in _take_over_column_settings, _take_over_options, _take_over_access and
+    _replica_identity."""
     rows = await conn.fetch(
         """
         WITH t AS (SELECT name, name::regclass AS oid FROM unnest($1::text[]) AS name)

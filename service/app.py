@@ -21,6 +21,7 @@ import structlog
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Match, Route
@@ -162,7 +163,8 @@ class App(Starlette):
             handlers = {
                 k: v for k, v in self.exception_handlers.items() if k not in (500, Exception)
             }
-            by_class = {HTTPException: _starlette_http_error, **handlers}
+            # Starlette's own answer to an HTTPException, unless the app registers one.
+            by_class = {HTTPException: ExceptionMiddleware(self.router).http_exception, **handlers}
             by_status = {k: v for k, v in handlers.items() if isinstance(k, int)}
             last = self.exception_handlers.get(500) or self.exception_handlers.get(Exception)
             self._layers = by_class, by_status, last
@@ -218,14 +220,6 @@ async def _call(handler: Any, request: Request, exc: Exception) -> Response:
     else:
         answer = await run_in_threadpool(handler, request, exc)
     return answer
-
-
-async def _starlette_http_error(request: Request, exc: Exception) -> Response:
-    """Starlette's own answer to an HTTPException when the app registers none."""
-    assert isinstance(exc, HTTPException)
-    if exc.status_code in {204, 304}:
-        return Response(status_code=exc.status_code, headers=exc.headers)
-    return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
 
 
 async def healthz(request: Request) -> Response:
