@@ -78,8 +78,12 @@ class LeaderWorker:
                         await conn.fetchval("SELECT 1", timeout=5)
                         checked = time.monotonic()
                     pause = await self.step()
+                    # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the wake-up
+                    # when it comes in the same turn of the loop as a cancellation, which is then
+                    # lost, and a worker with work left never stopped.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.wake.wait(), pause or self.interval)
+                        async with asyncio.timeout(pause or self.interval):
+                            await self.wake.wait()
                     self.wake.clear()
             except asyncio.CancelledError:
                 raise
