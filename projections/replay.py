@@ -1286,8 +1286,9 @@ async def _run(
         with contextlib.suppress(Exception):
             await beside  # the admin connection must be idle for the clean-up
         raise
-    except BaseException:
+    except BaseException:  # cancelled (Ctrl-C): the admin connection must be idle for the clean-up
         beside.cancel()
+        await asyncio.wait({beside})
         raise
     index_names, async_at, n = await beside
     result.events += n

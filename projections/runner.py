@@ -36,6 +36,7 @@ from projections.stats import StatsProjection
 from service import store
 from service.logs import log
 from service.store import START, Checkpoint, LogEntry
+from service.tasks import cancel_and_wait
 
 CHANNEL: Final = "slotlog_events"
 LOCK_PROJECTOR: Final = 7320102
@@ -267,10 +268,7 @@ class Notifier:
         self._task = asyncio.create_task(self._run(), name="notifier")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         while True:
@@ -297,10 +295,7 @@ class Listener:
         self._task = asyncio.create_task(self._run(), name="listener")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     def _wake(self, *_: Any) -> None:
         for w in self.wakes:

@@ -32,7 +32,7 @@ from projections.runner import (
     lag,
 )
 from service import store
-from service.db import create_pool
+from service.db import close_pool, create_pool
 from service.workers import LeaderWorker
 
 
@@ -182,7 +182,7 @@ async def _project(url: str, until_caught_up: bool) -> None:
     finally:
         await listener.stop()
         await worker.stop()
-        await pool.close()
+        await close_pool(pool)
 
 
 def project_main(url: str, *, until_caught_up: bool) -> int:

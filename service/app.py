@@ -34,7 +34,7 @@ from service.api import webhooks as webhooks_api
 from service.api.schemas import Health
 from service.background import Background
 from service.batching import HoldBatcher, SeatBatcher
-from service.db import create_pool
+from service.db import close_pool, create_pool
 from service.errors import ApiError, Unavailable, ValidationFailed
 from service.logs import configure_logging, log
 from service.metrics import Metrics
@@ -346,7 +346,7 @@ def create_app(database_url: str | None = None, *, background: bool = True) -> S
                 yield
         finally:
             await jobs.stop()
-            await pool.close()
+            await close_pool(pool)
 
     metrics = Metrics()
     api_modules = [catalogue, availability, bookings, sessions, events_api, webhooks_api, ops]

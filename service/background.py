@@ -7,6 +7,8 @@ Built and started by service/app.py's lifespan; nothing imports this but app.py 
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 
 from projections.runner import LOCK_PROJECTOR, Listener, Notifier, ProjectionRunner
@@ -41,8 +43,9 @@ class Background:
         self.started = True
 
     async def stop(self) -> None:
-        for w in self.workers:
-            await w.stop()
-        await self.listener.stop()
-        await self.notifier.stop()
+        """Side by side: each stop may wait up to 2 s for its connection to close, when the
+        database has stopped answering."""
+        await asyncio.gather(
+            *(w.stop() for w in self.workers), self.listener.stop(), self.notifier.stop()
+        )
         await self.webhooks.close()

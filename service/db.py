@@ -8,12 +8,13 @@ started it exits. Nothing here knows about events or HTTP.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -116,3 +117,17 @@ async def create_pool(url: str, *, min_size: int = 2, max_size: int = 20) -> asy
         },
     )
     return pool
+
+
+POOL_CLOSE_SECONDS: Final = 5.0
+
+
+async def close_pool(pool: asyncpg.Pool, within: float = POOL_CLOSE_SECONDS) -> None:
+    """Close `pool` gracefully, or, after `within` seconds, without goodbyes. A graceful close
+    waits, without a limit, for every connection to come back (a request that shutdown cut off
+    may never give its back) and to close; a database that has stopped answering held a
+    server's shutdown for as long as the kernel kept its sockets open. asyncpg terminates the
+    pool when its close is cancelled."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(within):
+            await pool.close()

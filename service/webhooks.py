@@ -23,7 +23,6 @@ Settings (environment): SLOTLOG_WEBHOOK_TIMEOUT (5 s per attempt), SLOTLOG_WEBHO
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import hashlib
 import hmac
@@ -40,6 +39,7 @@ import msgspec
 from projections.runner import env_float, run_batch
 from service.logs import log
 from service.store import LogEntry
+from service.tasks import cancel_and_wait
 
 SIGNATURE_HEADER: Final = "Slotlog-Signature"
 LOCK_WEBHOOKS: Final = 7320103
@@ -174,12 +174,7 @@ class WebhookSender:
         return self._client
 
     async def close(self) -> None:
-        tasks = list(self._inflight.values())
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(*self._inflight.values())
         if self._client is not None:
             await self._client.aclose()
             self._client = None

@@ -20,6 +20,7 @@ from service.commands import ExpireHold
 from service.events import EventMeta
 from service.handler import Commands
 from service.logs import log
+from service.tasks import cancel_and_wait
 from service.usecases import booking_decision
 
 LOCK_EXPIRER: Final = 7320101
@@ -52,10 +53,7 @@ class LeaderWorker:
         self._task = asyncio.create_task(self._run(), name=f"worker:{self.name}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         while True:

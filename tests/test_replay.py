@@ -20,6 +20,7 @@ from projections.engine import replace_rows, write_streams
 from projections.readmodels import BY_NAME, booking_from_row
 from projections.replay import REPLAY_LOCK, replay
 from projections.runner import ProjectionRunner
+from projections.stats import StatsProjection
 from service import store
 from service.api.bookings import BOOKING_COLUMNS
 from service.db import migrate
@@ -409,6 +410,43 @@ async def test_a_failed_copy_fails_the_replay_at_once_and_leaves_nothing_behind(
         "SELECT count(*) FROM pg_tables WHERE tablename LIKE '%_rebuild'"
     )
     assert (await replay(database_url, verify=True)).differences == []
+
+
+async def test_a_replay_cancelled_during_its_fold_leaves_nothing_behind(
+    pool: asyncpg.Pool, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C cancels `slotlog replay`. While the fold runs, the asynchronous projections are
+    rebuilt beside it on the admin connection; the clean-up drops the rebuild tables on that
+    connection, so it must first wait for that work to end. It did not: the drop found the
+    connection busy, and every `*_rebuild` table stayed behind. (Delays stand in for a large
+    log: a fold that takes a second, a stats rebuild with a 2 s statement.)"""
+    fold_all = rebuild._fold_all
+    stats = StatsProjection
+    stats_rebuild = stats.rebuild
+    folding = asyncio.Event()
+
+    async def slow_fold_all(*args: Any, **kwargs: Any) -> Any:
+        folding.set()
+        await asyncio.sleep(1)
+        return await fold_all(*args, **kwargs)
+
+    async def slow_stats_rebuild(self: Any, conn: asyncpg.Connection, **kwargs: Any) -> Any:
+        await conn.execute("SELECT pg_sleep(2)")
+        return await stats_rebuild(self, conn, **kwargs)
+
+    monkeypatch.setattr(rebuild, "_fold_all", slow_fold_all)
+    monkeypatch.setattr(stats, "rebuild", slow_stats_rebuild)
+    running = asyncio.ensure_future(replay(database_url))
+    await asyncio.wait_for(folding.wait(), 10)
+    await asyncio.sleep(0.3)
+    running.cancel()
+    await asyncio.wait({running}, timeout=10)
+    assert running.cancelled()
+    assert not await pool.fetchval(
+        "SELECT count(*) FROM pg_tables WHERE tablename LIKE '%\\_rebuild'"
+    )
+    monkeypatch.undo()
+    assert (await replay(database_url)).swapped  # and the replay's lock was given back
 
 
 async def test_the_fold_runs_with_the_cycle_collector_paused_and_restores_it(

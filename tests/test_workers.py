@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from service.workers import LeaderWorker
 
 KEY = 732019001  # an advisory lock no worker of the service takes
@@ -54,6 +56,32 @@ async def test_an_idle_worker_stops_when_asked(database_url: str) -> None:
     await asyncio.wait_for(stepped.wait(), 10)
     assert await stops_within(worker, 5)
     assert not worker.leading
+
+
+async def test_a_time_limit_around_stop_holds(database_url: str) -> None:
+    """A cancellation of stop()'s caller (a time limit on a shutdown, a second Ctrl-C) is the
+    caller's: `with suppress(CancelledError): await task` swallowed it with the task's own, and
+    the caller went on past its limit."""
+    stepping = asyncio.Event()
+
+    async def slow_to_stop() -> None:
+        stepping.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            await asyncio.sleep(1)  # a clean-up that takes a while
+            raise
+
+    worker = LeaderWorker("slow", database_url, KEY, slow_to_stop, interval=0.05)
+    worker.start()
+    await asyncio.wait_for(stepping.wait(), 10)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.1):
+            await worker.stop()
+    assert asyncio.get_running_loop().time() - started < 0.5
+    assert worker._task is not None
+    await asyncio.wait({worker._task}, timeout=5)
 
 
 async def _end() -> None:
