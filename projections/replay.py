@@ -71,6 +71,7 @@ from projections.runner import (
 from service import store, streams
 from service.events import DECODER, AnyEvent
 from service.store import Checkpoint
+from service.tasks import cancel_and_wait
 
 REPLAY_LOCK: Final = 7320190
 READ_CHUNK: Final = 5000
@@ -642,10 +643,7 @@ async def _fold_all(
             # cut short; the others are stopped below).
             events += sum(await asyncio.gather(*helpers))
         finally:
-            for helper in helpers:
-                helper.cancel()
-                with contextlib.suppress(BaseException):
-                    await helper
+            await cancel_and_wait(*helpers)
     return snapshot, events, len(ranges)
 
 
@@ -812,10 +810,7 @@ async def _fold_range(
         if failed:
             raise failed[0]
     finally:
-        if not writing.done():
-            writing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writing
+        await cancel_and_wait(writing)
     return events
 
 
@@ -1287,8 +1282,7 @@ async def _run(
             await beside  # the admin connection must be idle for the clean-up
         raise
     except BaseException:  # cancelled (Ctrl-C): the admin connection must be idle for the clean-up
-        beside.cancel()
-        await asyncio.wait({beside})
+        await cancel_and_wait(beside)
         raise
     index_names, async_at, n = await beside
     result.events += n
