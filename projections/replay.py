@@ -296,8 +296,8 @@ async def _refuse_what_the_swap_would_lose(
     depends on a live table (a view, another table's foreign key: PostgreSQL would refuse the
     drop only at the end of the fold), or one that belongs to it and is not rebuilt with it (a
     trigger, a row-level security policy, a rule, a publication's membership). What the swap does
-    carry over is in _take_over_column_settings, _take_over_options, _take_over_access and
-    _replica_identity."""
+    carry over is in _create_tables (tablespaces), _take_over_column_settings, _indexes (index
+    and key comments, tablespaces), _take_over_options, _take_over_access and _replica_identity."""
     rows = await conn.fetch(
         """
         WITH t AS (SELECT name, name::regclass AS oid FROM unnest($1::text[]) AS name)
@@ -341,17 +341,35 @@ def _dependents_message(listed: str) -> str:
 
 
 async def _create_tables(conn: asyncpg.Connection, chosen: Sequence[Target]) -> None:
-    """The empty rebuild tables, without autovacuum until the swap: a vacuum of a table that
-    has just been loaded holds a lock that an index build or the swap can only take by waiting
-    a whole deadlock_timeout (1 s) for PostgreSQL to cancel it."""
+    """The empty rebuild tables, in the live tables' tablespaces (CREATE TABLE … LIKE keeps the
+    database's default), without autovacuum until the swap: a vacuum of a table that has just
+    been loaded holds a lock that an index build or the swap can only take by waiting a whole
+    deadlock_timeout (1 s) for PostgreSQL to cancel it."""
     off = ", ".join(f"{option} = off" for option in _NO_AUTOVACUUM)
-    for t in chosen:
-        await conn.execute(f"DROP TABLE IF EXISTS {t.rebuild}")
-        await conn.execute(
-            f"CREATE TABLE {t.rebuild} (LIKE {t.table} INCLUDING ALL EXCLUDING INDEXES) "
-            f"WITH ({off})"
-        )
-        await _take_over_column_settings(conn, t)
+    try:
+        for t in chosen:
+            await _into_tablespace_of(
+                conn, await conn.fetchval("SELECT $1::regclass::oid", t.table)
+            )
+            await conn.execute(f"DROP TABLE IF EXISTS {t.rebuild}")
+            await conn.execute(
+                f"CREATE TABLE {t.rebuild} (LIKE {t.table} INCLUDING ALL EXCLUDING INDEXES) "
+                f"WITH ({off})"
+            )
+            await _take_over_column_settings(conn, t)
+    finally:
+        await conn.execute("RESET default_tablespace")
+
+
+async def _into_tablespace_of(conn: asyncpg.Connection, relation: int) -> None:
+    """What `conn` creates next goes where the relation of oid `relation` is: in its own
+    tablespace, or in the database's default one (not in a default_tablespace set for the role
+    or the server)."""
+    await conn.execute(
+        "SELECT set_config('default_tablespace', coalesce((SELECT s.spcname FROM pg_class c "
+        "JOIN pg_tablespace s ON s.oid = c.reltablespace WHERE c.oid = $1), ''), false)",
+        relation,
+    )
 
 
 #: PostgreSQL's own attribute options. Others may be there too (a server seen here marks every
@@ -485,9 +503,11 @@ class _Index:
     target: Target
     name: str  # on the rebuild table
     live: str  # the live index it becomes at the swap
+    live_oid: int  # … whose tablespace it is built in
     create: str
     constraint: str | None  # ALTER TABLE … USING INDEX, for a key constraint's index
     cost: float  # a guess in microseconds, to start the longest builds first
+    comments: tuple[str, ...] = ()  # COMMENT ON the index and its constraint, as the live ones
 
 
 #: A build's cost: every page of the table read, and every row it indexes sorted and written
@@ -501,8 +521,11 @@ async def _indexes(conn: asyncpg.Connection, t: Target) -> list[_Index]:
     cost is guessed from the table's pages and rows (counted in 1 % of the pages, sampled); a
     partial index, reading the whole table, sorts too few rows to count."""
     rows = await conn.fetch(
-        "SELECT ic.relname AS name, i.indisunique AS is_unique, pg_get_indexdef(i.indexrelid) "
-        "AS def, c.contype::text AS contype, i.indpred IS NOT NULL AS partial "
+        "SELECT ic.relname AS name, i.indexrelid AS oid, i.indisunique AS is_unique, "
+        "pg_get_indexdef(i.indexrelid) "
+        "AS def, c.contype::text AS contype, i.indpred IS NOT NULL AS partial, "
+        "obj_description(i.indexrelid, 'pg_class') AS index_comment, "
+        "obj_description(c.oid, 'pg_constraint') AS constraint_comment "
         "FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid "
         "LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid "
         "WHERE i.indrelid = $1::regclass ORDER BY ic.relname",
@@ -533,7 +556,14 @@ async def _indexes(conn: asyncpg.Connection, t: Target) -> list[_Index]:
             raise ReplayError(f"cannot copy constraint index {r['name']} ({r['contype']})")
         create = f"CREATE {unique}INDEX {new} ON {t.rebuild} USING {rest}"
         cost = BUILD_US_PER_PAGE * pages + (0 if r["partial"] else BUILD_US_PER_ROW * table_rows)
-        out.append(_Index(t, new, r["name"], create, constraint, cost))
+        comments = []
+        if r["index_comment"] is not None:
+            comments.append(f"COMMENT ON INDEX {new} IS {_literal(r['index_comment'])}")
+        if r["constraint_comment"] is not None:
+            comments.append(
+                f"COMMENT ON CONSTRAINT {new} ON {t.rebuild} IS {_literal(r['constraint_comment'])}"
+            )
+        out.append(_Index(t, new, r["name"], r["oid"], create, constraint, cost, tuple(comments)))
     return out
 
 
@@ -544,6 +574,8 @@ async def _finish_indexes(conn: asyncpg.Connection, t: Target, built: Sequence[_
     for index in built:
         if index.constraint is not None:
             await conn.execute(index.constraint)
+        for comment in index.comments:
+            await conn.execute(comment)
     columns = await conn.fetch(
         "SELECT DISTINCT a.attname FROM pg_index i JOIN pg_attribute a "
         "ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey::int2[]) "
@@ -587,11 +619,13 @@ async def _create_indexes(
                     continue
                 index = builds.popleft()
                 await conn.execute(f"DROP INDEX IF EXISTS {index.name}")
+                await _into_tablespace_of(conn, index.live_oid)
                 await conn.execute(index.create)
                 unbuilt[index.target.name] -= 1
                 if not unbuilt[index.target.name]:
                     finishes.append(index.target)
         finally:
+            await conn.execute("RESET default_tablespace")
             if len(conns) > 1:
                 await conn.execute("RESET max_parallel_maintenance_workers")
 

@@ -616,6 +616,74 @@ async def test_the_swapped_in_tables_keep_the_live_tables_column_statistics_sett
         await pool.execute("ALTER TABLE rm_busy ALTER COLUMN resource_id RESET (n_distinct)")
 
 
+async def test_the_swapped_in_tables_keep_the_live_tables_tablespaces_and_index_comments(
+    pool: asyncpg.Pool, database_url: str
+) -> None:
+    # An operator who moved a read model or one of its indexes to a tablespace of its own (a
+    # faster disk, say) finds it there after a replay, and the comments on its indexes and key
+    # constraints too: CREATE TABLE … LIKE and the index definitions carry neither.
+    w = await workload(pool, seed=11)
+    await w.run(40, concurrency=2)
+    space = f"slotlog_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(database_url)
+    try:
+        await admin.execute("SET allow_in_place_tablespaces = on")  # inside the data directory
+        await admin.execute(f"CREATE TABLESPACE {space} LOCATION ''")
+    finally:
+        await admin.close()
+
+    async def tablespaces() -> dict[str, str | None]:
+        rows = await pool.fetch(
+            "SELECT c.relname, s.spcname FROM pg_class c "
+            "LEFT JOIN pg_tablespace s ON s.oid = c.reltablespace "
+            "WHERE c.relname LIKE 'rm\\_b%' AND c.relkind IN ('r', 'i')"
+        )
+        return {r[0]: r[1] for r in rows}
+
+    try:
+        # A table moved alone (its key stays), an index of it, and an index of a table left
+        # where it was.
+        await pool.execute(f"ALTER TABLE rm_bookings SET TABLESPACE {space}")
+        await pool.execute(f"ALTER INDEX rm_bookings_start SET TABLESPACE {space}")
+        await pool.execute(f"ALTER INDEX rm_busy_pkey SET TABLESPACE {space}")
+        await pool.execute("COMMENT ON INDEX rm_bookings_holds IS 'The expiry worker''s index'")
+        await pool.execute(
+            "COMMENT ON CONSTRAINT rm_bookings_pkey ON rm_bookings IS 'One a booking'"
+        )
+        before = await tablespaces()
+        assert before == {
+            "rm_bookings": space,
+            "rm_bookings_pkey": None,
+            "rm_bookings_start": space,
+            "rm_bookings_session": None,
+            "rm_bookings_holds": None,
+            "rm_busy": None,
+            "rm_busy_pkey": space,
+        }
+
+        result, seen = await replay_looking(database_url, ["bookings", "busy"], tablespaces)
+        assert result.swapped
+        # Loaded where it belongs, not moved there afterwards.
+        assert seen["rm_bookings_rebuild"] == space and seen["rm_busy_rebuild"] is None
+        assert await tablespaces() == before
+        comment = "SELECT obj_description($1::regclass, 'pg_class')"
+        assert await pool.fetchval(comment, "rm_bookings_holds") == "The expiry worker's index"
+        assert await pool.fetchval(comment, "rm_bookings_start") is None
+        assert (
+            await pool.fetchval(
+                "SELECT obj_description(oid, 'pg_constraint') FROM pg_constraint "
+                "WHERE conname = 'rm_bookings_pkey'"
+            )
+            == "One a booking"
+        )
+        check = await replay(database_url, ["bookings", "busy"], verify=True)
+        assert check.differences == []
+    finally:
+        await pool.execute(f"ALTER TABLE ALL IN TABLESPACE {space} SET TABLESPACE pg_default")
+        await pool.execute(f"ALTER INDEX ALL IN TABLESPACE {space} SET TABLESPACE pg_default")
+        await pool.execute(f"DROP TABLESPACE {space}")
+
+
 async def test_the_swapped_in_tables_keep_the_live_tables_owner_and_grants(
     pool: asyncpg.Pool, database_url: str
 ) -> None:
