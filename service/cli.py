@@ -47,8 +47,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         asyncio.run(migrate(url))
         from service.bootstrap import ensure_startup_tenant
+        from service.tenants import BootstrapKeyError
 
-        asyncio.run(ensure_startup_tenant(url, development=embedded is not None))
+        try:
+            asyncio.run(ensure_startup_tenant(url, development=embedded is not None))
+        except BootstrapKeyError as e:
+            print(f"slotlog: {e}", file=sys.stderr, flush=True)
+            return 2
         print(f"slotlog: serving on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
         uvicorn.run(
             "service.app:create_app",

@@ -57,13 +57,28 @@ async def create_tenant(db: Any, name: str) -> dict[str, str]:
     return {"tenant_id": tenant_id, "secret_key": secret, "public_key": public}
 
 
+class BootstrapKeyError(ValueError):
+    """A bootstrap key that cannot be the bootstrap tenant's: a wrong prefix, or already a key
+    of another tenant."""
+
+
 async def ensure_tenant_with_keys(
     db: Any, name: str, secret_key: str | None, public_key: str | None
 ) -> str:
-    """Make sure tenant `name` exists and accepts exactly-these keys (bootstrap)."""
-    for key, prefix in ((secret_key, "sk_"), (public_key, "pk_")):
-        if key is not None and not key.startswith(prefix):
-            raise ValueError(f"bootstrap key must start with {prefix!r}")
+    """Make sure tenant `name` exists and accepts exactly these keys (bootstrap): the keys given
+    are added and every other key of the tenant is removed, so that a key replaced in the
+    environment stops working at the next start-up (in a process already running, when its
+    KeyCache entry expires). Raises BootstrapKeyError, changing nothing, for a key with the
+    wrong prefix or one that is already another tenant's."""
+    wanted: dict[Kind, str] = {}
+    if secret_key:
+        wanted["secret"] = secret_key
+    if public_key:
+        wanted["public"] = public_key
+    for kind, key in wanted.items():
+        prefix = "sk_" if kind == "secret" else "pk_"
+        if not key.startswith(prefix):
+            raise BootstrapKeyError(f"the bootstrap {kind} key must start with {prefix!r}")
     async with db.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(7320002)")
         tenant_id = await conn.fetchval("SELECT tenant_id FROM tenants WHERE name = $1", name)
@@ -72,10 +87,22 @@ async def ensure_tenant_with_keys(
             await conn.execute(
                 "INSERT INTO tenants (tenant_id, name) VALUES ($1, $2)", tenant_id, name
             )
-        if secret_key:
-            await _add_key(conn, tenant_id, secret_key, "secret")
-        if public_key:
-            await _add_key(conn, tenant_id, public_key, "public")
+        for kind, key in wanted.items():
+            owner = await conn.fetchval(
+                "SELECT tenant_id FROM api_keys WHERE key_hash = $1", digest(key)
+            )
+            if owner is not None and owner != tenant_id:
+                raise BootstrapKeyError(
+                    f"the bootstrap {kind} key is already a key of tenant {owner}: "
+                    "give the bootstrap tenant a key of its own"
+                )
+        await conn.execute(
+            "DELETE FROM api_keys WHERE tenant_id = $1 AND key_hash <> ALL($2::bytea[])",
+            tenant_id,
+            [digest(key) for key in wanted.values()],
+        )
+        for kind, key in wanted.items():
+            await _add_key(conn, tenant_id, key, kind)
     return str(tenant_id)
 
 
