@@ -6,6 +6,10 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timedelta
 
+from projections.engine import write_streams
+from service import store, streams
+from service.events import BookingConfirmed, EventMeta
+from service.store import AppendStream
 from tests.conftest import Api
 from tests.helpers import (
     at,
@@ -469,8 +473,34 @@ class TestLifecycle:
         await resource(api, "host")
         await service(api, "s", ["host"])
         b = await hold(api, "s", at(day, "09:00"))
-        r = await api.get(f"/v1/bookings/{b['id']}", params={"min_position": b["position"]})
-        assert r.status_code == 200 and r.json()["position"] == b["position"]
+        # A confirmation whose transaction is still open: its event has a position, and the
+        # booking's row says confirmed, but neither is visible outside it yet.
+        stream = streams.booking(api.tenant["tenant_id"], b["id"])
+        async with api.pool.acquire() as conn:
+            writing = conn.transaction()
+            await writing.start()
+            [appended] = await store.append(
+                conn,
+                [AppendStream(stream, b["version"], [BookingConfirmed(booking_id=b["id"])])],
+                EventMeta(tenant=api.tenant["tenant_id"]),
+            )
+            await write_streams(conn, {stream: await store.read_stream(conn, stream)})
+            read = asyncio.ensure_future(
+                api.get(f"/v1/bookings/{b['id']}", params={"min_position": appended.position})
+            )
+            try:
+                done, _ = await asyncio.wait({read}, timeout=0.5)
+                assert not done, "the read answered before the write it waits for was committed"
+            finally:
+                await writing.commit()
+            done, _ = await asyncio.wait({read}, timeout=5)
+        assert done, "the read did not answer once the write was committed"
+        r = read.result()
+        assert r.status_code == 200
+        assert r.json()["status"] == "confirmed" and r.json()["position"] == appended.position
+        # Without min_position (or with one already reached) a read answers at once.
+        plain = await api.get(f"/v1/bookings/{b['id']}", params={"min_position": b["position"]})
+        assert plain.json()["status"] == "confirmed"
 
     async def test_a_booking_across_midnight_claims_both_days(self, api: Api) -> None:
         day = weekday_ahead(4)  # a Friday
