@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 async def settled(db: Any, within: float = 30) -> None:
@@ -22,3 +25,15 @@ async def settled(db: Any, within: float = 30) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"events still hidden by an open transaction after {within} s")
         await asyncio.sleep(0.02)
+
+
+async def within(work: Awaitable[T], seconds: float) -> T:
+    """`work`'s result, or AssertionError if it has not finished within `seconds` (then it is
+    cancelled, and not waited for: Python 3.11's `asyncio.wait_for` waits, without a limit, for
+    a cancelled task's clean-up, which can hang on a database that stopped answering)."""
+    task = asyncio.ensure_future(work)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.cancel()
+        raise AssertionError(f"not finished within {seconds} s")
+    return task.result()

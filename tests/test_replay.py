@@ -28,7 +28,7 @@ from service.handler import Commands
 from service.tenants import create_tenant
 from tests.cli import slotlog
 from tests.conftest import Api
-from tests.settle import settled
+from tests.settle import settled, within
 from tests.workload import Workload
 
 T = TypeVar("T")
@@ -227,7 +227,7 @@ async def test_a_failed_helper_process_stops_this_process_fold_at_once(
 
     monkeypatch.setattr(rebuild, "_fold_elsewhere", slow_then_failing)
     with pytest.raises(rebuild.ReplayError, match="helper process"):
-        await asyncio.wait_for(replay(database_url), 20)
+        await within(replay(database_url), 20)
     assert calls == 2
 
 
@@ -404,7 +404,7 @@ async def test_a_failed_copy_fails_the_replay_at_once_and_leaves_nothing_behind(
     monkeypatch.setattr(rebuild, "COPY_CHUNK", 1)
     monkeypatch.setattr(busy, "rows", no_claim_ids)
     with pytest.raises(asyncpg.NotNullViolationError):
-        await asyncio.wait_for(replay(database_url), 60)
+        await within(replay(database_url), 60)
     monkeypatch.undo()
     assert not await pool.fetchval(
         "SELECT count(*) FROM pg_tables WHERE tablename LIKE '%_rebuild'"
@@ -423,7 +423,7 @@ async def test_a_replay_cancelled_during_its_fold_leaves_nothing_behind(
     fold_all = rebuild._fold_all
     stats = StatsProjection
     stats_rebuild = stats.rebuild
-    folding = asyncio.Event()
+    folding, rebuilding = asyncio.Event(), asyncio.Event()
 
     async def slow_fold_all(*args: Any, **kwargs: Any) -> Any:
         folding.set()
@@ -431,14 +431,16 @@ async def test_a_replay_cancelled_during_its_fold_leaves_nothing_behind(
         return await fold_all(*args, **kwargs)
 
     async def slow_stats_rebuild(self: Any, conn: asyncpg.Connection, **kwargs: Any) -> Any:
-        await conn.execute("SELECT pg_sleep(2)")
+        sleeping = asyncio.ensure_future(conn.execute("SELECT pg_sleep(2)"))
+        await asyncio.sleep(0)  # the statement is sent: the connection is busy
+        rebuilding.set()
+        await sleeping
         return await stats_rebuild(self, conn, **kwargs)
 
     monkeypatch.setattr(rebuild, "_fold_all", slow_fold_all)
     monkeypatch.setattr(stats, "rebuild", slow_stats_rebuild)
     running = asyncio.ensure_future(replay(database_url))
-    await asyncio.wait_for(folding.wait(), 10)
-    await asyncio.sleep(0.3)
+    await within(asyncio.gather(folding.wait(), rebuilding.wait()), 10)
     running.cancel()
     await asyncio.wait({running}, timeout=10)
     assert running.cancelled()

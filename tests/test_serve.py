@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from pathlib import Path
@@ -41,8 +40,7 @@ def test_embedded_serve_answers_stops_cleanly_and_reuses_its_data(
     tmp_path: Path, sig: signal.Signals
 ) -> None:
     data = tmp_path / "data"
-    env = {"SLOTLOG_DATA_DIR": str(data), "DATABASE_URL": ""}
-    os.environ.pop("DATABASE_URL", None)
+    env = {"SLOTLOG_DATA_DIR": str(data), "DATABASE_URL": ""}  # the child's only
     with serve(env) as (base, proc):
         assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
         ready = httpx.get(f"{base}/readyz")

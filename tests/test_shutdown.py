@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from service.app import create_app
 from service.db import POOL_CLOSE_SECONDS
+from tests.settle import within
 
 
 class Blackhole:
@@ -82,7 +83,7 @@ async def test_shutdown_ends_when_the_database_stopped_answering(database_url: s
     try:
         app = create_app(proxy.url, background=True)
         lifespan = app.router.lifespan_context(app)
-        await asyncio.wait_for(lifespan.__aenter__(), 10)
+        await within(lifespan.__aenter__(), 10)
         for _ in range(200):  # each worker holds its lock and its connection
             if all(w.leading for w in app.state.workers):
                 break

@@ -18,6 +18,7 @@ from service.events import (
     SlotHeld,
 )
 from service.store import ANY, NO_STREAM, STREAM_EXISTS, AppendStream, ConcurrencyError
+from tests.settle import settled
 
 META = EventMeta(tenant="t1", actor="test", request_id="r1")
 
@@ -325,6 +326,7 @@ class TestReadAllNeverSkips:
             await tx1.commit()
         finally:
             await pool.release(t1)
+        await settled(pool)  # no other transaction of the server's hides them either
         got = await store.read_all(pool)
         assert [e.stream_id for e in got] == ["one", "two"]
         assert [e.position for e in got] == [first[0].position, second[0].position]
@@ -341,6 +343,7 @@ class TestReadAllNeverSkips:
     ) -> None:
         for n in range(5):
             await append_one(pool, f"s{n}", NO_STREAM, n)
+        await settled(pool)
         head = await store.read_all(pool, limit=2)
         rest = await store.read_all(pool, head[-1].checkpoint)
         assert [e.stream_id for e in head + rest] == [f"s{n}" for n in range(5)]
@@ -354,6 +357,7 @@ class TestReadAllNeverSkips:
             await store.append(conn, [AppendStream("ghost", NO_STREAM, [cancelled(9)])], META)
             await tx.rollback()
         await append_one(pool, "after", NO_STREAM)
+        await settled(pool)
         got = await store.read_all(pool)
         assert [e.stream_id for e in got] == ["after"]
         assert await store.read_stream(pool, "ghost") == []
@@ -362,6 +366,7 @@ class TestReadAllNeverSkips:
         await append_one(pool, "a", NO_STREAM)
         other = EventMeta(tenant="t2")
         await store.append(pool, [AppendStream("b", NO_STREAM, [cancelled()])], other)
+        await settled(pool)
         assert [e.stream_id for e in await store.read_all(pool, tenant="t2")] == ["b"]
 
 
