@@ -51,7 +51,7 @@ class EmbeddedPostgres:
                 "slotlog: the embedded PostgreSQL (pgserver) is not installed for Python "
                 f"{sys.version_info.major}.{sys.version_info.minor}; it has wheels for Python "
                 "3.10-3.12 only. Use Python 3.11 or 3.12, or set DATABASE_URL to a PostgreSQL "
-                "server (13 or newer)."
+                "server (14 or newer)."
             )
         directory.mkdir(parents=True, exist_ok=True)
         self._server: Any = pgserver.get_server(  # type: ignore[attr-defined]
