@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from projections.engine import write_streams
 from service import store, streams
@@ -64,7 +65,11 @@ class TestVyteFlow:
         london = [at(day, h, "Europe/London") for h in ("13:00", "15:00", "16:00")]
         assert [parse(s["start"]) for s in got] == london
         assert all(s["resources"] == ["ann", "ben"] for s in got)
-        # Rendered in the requested zone: New York is 5 hours behind London in winter/summer alike.
+        # Rendered in the requested zone, with New York's offset on that day.
+        assert (
+            parse(got[0]["start"]).utcoffset()
+            == london[0].astimezone(ZoneInfo("America/New_York")).utcoffset()
+        )
         assert got[0]["start"].endswith(("-05:00", "-04:00"))
 
         booking = await hold(api, "meet", london[1], customer={"name": "Vy", "email": "v@x.io"})

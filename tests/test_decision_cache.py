@@ -130,10 +130,23 @@ class TestRememberedStateIsVerified:
         held = await hold(api, "talk", at(DAY, "10:00"))
         extended = await other.post(f"/v1/bookings/{held['id']}/extend", {"seconds": 60})
         assert extended.status_code == 200, extended.text
+        hits = cache_of(app).hits
         ok = await api.post(f"/v1/bookings/{held['id']}/confirm", {"customer": {"name": "A"}})
         assert ok.status_code == 200, ok.text
         assert ok.json()["version"] == 3
         assert ok.json()["status"] == "confirmed"
+        assert cache_of(app).hits > hits
+        # And a cancel, after the other instance changed the booking again.
+        changed = await other.post(
+            f"/v1/bookings/{held['id']}/reschedule", {"start": iso(at(DAY, "11:00"))}
+        )
+        assert changed.status_code == 200, changed.text
+        hits = cache_of(app).hits
+        cancelled = await api.post(f"/v1/bookings/{held['id']}/cancel", {"reason": "no"})
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.json()["version"] == 5
+        assert cancelled.json()["status"] == "cancelled"
+        assert cache_of(app).hits > hits
 
 
 class TestNoOpsAreDecidedAfresh:

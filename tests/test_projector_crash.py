@@ -32,15 +32,16 @@ def start_projector(database_url: str, **env: str) -> subprocess.Popen[bytes]:
 
 async def in_flight_batch(pool: asyncpg.Pool, database_url: str, *, fresh: bool = False) -> bool:
     """Is a projector transaction open with its rows applied, waiting to write its checkpoint?
-    (SLOTLOG_PROJECTOR_APPLY_DELAY parks it there, 'idle in transaction', for 0.3 s.) `fresh`:
-    one that began less than 0.1 s ago, so it cannot commit before we kill it."""
+    (SLOTLOG_PROJECTOR_APPLY_DELAY parks it there, 'idle in transaction', for 1 s.) `fresh`:
+    one that began less than 0.2 s ago, so that it cannot commit before we kill it, even with
+    the machine busy for most of a second."""
     database = database_url.rsplit("/", 1)[1].split("?", 1)[0]
     return bool(
         await pool.fetchval(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 "
             "AND state = 'idle in transaction' AND backend_xid IS NOT NULL "
             "AND query LIKE 'INSERT INTO rm_tenant_stats%' "  # its last statement: the rows
-            "AND (NOT $2 OR clock_timestamp() - xact_start < interval '100 milliseconds')",
+            "AND (NOT $2 OR clock_timestamp() - xact_start < interval '200 milliseconds')",
             database,
             fresh,
         )
@@ -61,7 +62,7 @@ async def test_sigkill_mid_batch_then_restart_applies_every_event_exactly_once(
     kills = 0
     for _ in range(3):  # three crashes, each inside a batch
         proc = start_projector(
-            database_url, SLOTLOG_PROJECTOR_BATCH="40", SLOTLOG_PROJECTOR_APPLY_DELAY="0.3"
+            database_url, SLOTLOG_PROJECTOR_BATCH="40", SLOTLOG_PROJECTOR_APPLY_DELAY="1"
         )
         try:
             deadline = time.monotonic() + 60

@@ -7,7 +7,7 @@ import asyncio
 import random
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -119,15 +119,20 @@ async def test_the_background_expirer_records_an_expired_hold_within_seconds(
         )
         assert r.status_code == 201
         booking_id = r.json()["id"]
-        held_at = datetime.now().timestamp()
-        types: list[str] = []
+
+        async def types() -> list[str]:
+            history = await client.get(f"/v1/bookings/{booking_id}/history", headers=AUTH)
+            return [e["type"] for e in history.json()["events"]]
+
+        seen: list[str] = []
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            history = await client.get(f"/v1/bookings/{booking_id}/history", headers=AUTH)
-            types = [e["type"] for e in history.json()["events"]]
-            if "HoldExpired" in types:
+            seen = await types()
+            if "HoldExpired" in seen:
                 break
             await asyncio.sleep(0.2)
-        assert types == ["SlotHeld", "HoldExpired"], types
-        # Exactly one expirer ran across both worker processes: one HoldExpired, not two.
-        assert datetime.now().timestamp() - held_at < 15
+        assert seen == ["SlotHeld", "HoldExpired"], seen
+        # Exactly one expirer ran across both worker processes (only the holder of its advisory
+        # lock expires holds): one HoldExpired, not two, also a few of its 1 s turns later.
+        await asyncio.sleep(3)
+        assert await types() == ["SlotHeld", "HoldExpired"]

@@ -96,6 +96,12 @@ def test_the_shortcut_reads_no_earlier_event() -> None:
         def __iter__(self) -> Any:
             raise AssertionError("the earlier events were read")
 
+        def __getitem__(self, index: Any) -> Any:
+            raise AssertionError("an earlier event was read")
+
+        def __len__(self) -> int:
+            raise AssertionError("the earlier events were counted")
+
     rows, gone = BUSY.changes(
         STREAM,
         Untouchable(logged([claim(1, 0, True)])),

@@ -69,7 +69,7 @@ async def test_a_time_limit_around_stop_holds(database_url: str) -> None:
         try:
             await asyncio.sleep(30)
         except asyncio.CancelledError:
-            await asyncio.sleep(1)  # a clean-up that takes a while
+            await asyncio.sleep(10)  # a clean-up that takes a while
             raise
 
     worker = LeaderWorker("slow", database_url, KEY, slow_to_stop, interval=0.05)
@@ -79,8 +79,9 @@ async def test_a_time_limit_around_stop_holds(database_url: str) -> None:
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.1):
             await worker.stop()
-    assert asyncio.get_running_loop().time() - started < 0.5
+    assert asyncio.get_running_loop().time() - started < 5  # the limit, not the clean-up
     assert worker._task is not None
+    worker._task.cancel()  # its clean-up too: the test need not sit through it
     await asyncio.wait({worker._task}, timeout=5)
 
 
