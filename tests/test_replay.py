@@ -184,14 +184,29 @@ async def test_a_large_log_is_folded_by_helper_processes_into_the_same_tables(
 async def test_a_failed_helper_process_stops_this_process_fold_at_once(
     pool: asyncpg.Pool, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A helper that fails (here before it starts) ends the replay after this process's next
-    chunk, not after its whole range; its error is the one raised, and nothing is left behind."""
+    """A helper that fails ends the replay after this process's next chunk, not after its whole
+    range; its error is the one raised, and nothing is left behind."""
     w = await workload(pool, seed=9)
     await w.run(300)
     await settled(pool)
     await pool.execute("ANALYZE events")
     monkeypatch.setattr(rebuild, "PARALLEL_FOLD_EVENTS", 0)
     monkeypatch.setattr(rebuild, "CPUS", 2)
+    fold_elsewhere = rebuild._fold_elsewhere
+
+    # A real helper process that dies (it cannot reach the database): its exit status is the
+    # replay's error, and nothing is left behind.
+    async def unreachable(url: str, *args: Any) -> int:
+        return await fold_elsewhere("postgresql://postgres@127.0.0.1:1/none", *args)
+
+    monkeypatch.setattr(rebuild, "_fold_elsewhere", unreachable)
+    with pytest.raises(rebuild.ReplayError, match=r"helper process .* failed \(exit status 1\)"):
+        await within(replay(database_url), 60)
+    assert not await pool.fetchval(
+        "SELECT count(*) FROM pg_tables WHERE tablename LIKE '%_rebuild'"
+    )
+
+    # One that fails at once stops this process's fold at its next chunk.
     monkeypatch.setattr(rebuild, "FETCH_EVENTS", 3)
 
     async def failing(*args: Any) -> int:
