@@ -8,7 +8,7 @@ import asyncio
 import os
 import sys
 from collections import Counter
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -19,12 +19,16 @@ from service.handler import Commands
 from service.tenants import create_tenant
 from tests.helpers import iso, parse
 from tests.processes import serve
-from tests.workload import ALL_DAY, T0, Workload
+from tests.settle import within
+from tests.workload import ALL_DAY, Workload
 
 SECRET = "sk_replay_under_load_key"
 AUTH = {"Authorization": f"Bearer {SECRET}"}
 LOOPS = 4
-DAY = T0.date()
+# The clients book through a real server, on the real clock: a day ahead of it (the workload's
+# T0 is a fixed date, which the clock would one day pass).
+LIVE = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=30)
+DAY = LIVE.date()
 
 
 async def replay(database_url: str, *args: str) -> tuple[int, str]:
@@ -38,7 +42,12 @@ async def replay(database_url: str, *args: str) -> tuple[int, str]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
-    out, _ = await proc.communicate()
+    try:
+        out, _ = await within(proc.communicate(), 300)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
     return proc.returncode or 0, out.decode()
 
 
@@ -58,7 +67,7 @@ async def client_loop(
     service_id = f"s{n}"
     rounds = 0
     while not stop.is_set():
-        start = iso(T0 + timedelta(hours=8 + rounds % 10))
+        start = iso(LIVE + timedelta(hours=8 + rounds % 10))
         r = await client.post("/v1/bookings", json={"service": service_id, "start": start})
         statuses[f"hold {r.status_code}"] += 1
         assert r.status_code == 201, r.text
