@@ -115,6 +115,26 @@ class TestBadInput:
         r = await api.get("/v1/availability", params={"from": "2030-01-01", "to": "2030-01-02"})
         assert error(r, 422, "validation_error")["details"]["errors"][0]["path"] == "service"
 
+    async def test_searches_at_the_ends_of_the_calendar_are_refused_not_500(self, api: Api) -> None:
+        # A day either side of year 1 or 9999 overflowed datetime inside the search (500).
+        await resource(api, "r")
+        await service(api, "s", ["r"])
+        for start, end, path in (
+            ("0001-01-01", "0001-01-02", "from"),
+            ("9999-12-29", "9999-12-30", "from"),
+            ("0001-01-01T00:00:00Z", "2030-01-02", "from"),
+            ("2030-01-01", "9999-12-31T23:59:59+00:00", "to"),
+            ("2030-01-01", "9999-12-31", "to"),
+        ):
+            for where, params in (
+                ("/v1/availability", {"service": "s", "from": start, "to": end}),
+                ("/v1/bookings", {"from": start, "to": end}),
+            ):
+                r = await api.get(where, params=params)
+                e = error(r, 422, "validation_error")
+                assert e["details"]["errors"][0]["path"] == path, (where, start, end, e)
+                assert "between the years 1900 and 9000" in e["message"]
+
     async def test_a_timestamp_without_offset_is_refused(self, api: Api) -> None:
         await resource(api, "r")
         await service(api, "s", ["r"])

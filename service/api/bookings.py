@@ -3,8 +3,8 @@ commands, reads, the cursor-paginated list and the audit history."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Annotated, Any, Final, Literal
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
@@ -20,6 +20,7 @@ from service.api.common import (
     encode_json,
     idempotency,
     if_match,
+    in_utc_and_bounds,
     json_body,
     json_response,
     meta,
@@ -105,23 +106,11 @@ class ExtendBody(Body, kw_only=True):
     seconds: Annotated[int, Meta(ge=1)]
 
 
-#: The instants a client may name: far from datetime's own limits (years 1 and 9999), so that
-#: the time arithmetic of a decision (durations, buffers, a day either side) cannot overflow.
-EARLIEST: Final = datetime(1900, 1, 1, tzinfo=UTC)
-LATEST: Final = datetime(9000, 1, 1, tzinfo=UTC)
-
-
 def aware(value: datetime, path: str) -> datetime:
     """A client timestamp must carry an offset; it is kept (and answered) in UTC."""
     if value.tzinfo is None:
         raise ValidationFailed([(path, "the timestamp needs a UTC offset (RFC 3339)")])
-    try:
-        utc: datetime | None = value.astimezone(UTC)
-    except OverflowError:  # an offset that takes it past year 1 or 9999
-        utc = None
-    if utc is None or not EARLIEST <= utc < LATEST:
-        raise ValidationFailed([(path, "must lie between the years 1900 and 9000")])
-    return utc
+    return in_utc_and_bounds(value, path)
 
 
 def check_customer(customer: Customer | None) -> list[tuple[str, str]]:

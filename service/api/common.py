@@ -10,7 +10,7 @@ import os
 import re
 import time
 from datetime import UTC, date, datetime
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 from zoneinfo import ZoneInfo
 
 import asyncpg
@@ -245,23 +245,44 @@ def parse_zone(name: str | None, path: str = "timezone") -> ZoneInfo:
     return ZoneInfo(zone)
 
 
+#: The instants a client may name: far from datetime's own limits (years 1 and 9999), so that
+#: the time arithmetic of a decision or a search (durations, buffers, a day either side) cannot
+#: overflow.
+EARLIEST: Final = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST: Final = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def in_utc_and_bounds(value: datetime, path: str) -> datetime:
+    """An aware datetime in UTC, or ValidationFailed when it lies outside [EARLIEST, LATEST)."""
+    try:
+        utc: datetime | None = value.astimezone(UTC)
+    except OverflowError:  # an offset that takes it past year 1 or 9999
+        utc = None
+    if utc is None or not EARLIEST <= utc < LATEST:
+        raise ValidationFailed([(path, "must lie between the years 1900 and 9000")])
+    return utc
+
+
 def parse_instant(value: str, path: str, zone: ZoneInfo, *, end_of_day: bool = False) -> datetime:
     """RFC 3339 with an offset, or a bare YYYY-MM-DD meaning that local day's start (or, for an
-    upper bound, the next day's start) in `zone`."""
+    upper bound, the next day's start) in `zone`; between the years 1900 and 9000."""
     try:
         if len(value) == 10:
             d = date.fromisoformat(value)
+            if not EARLIEST.year <= d.year < LATEST.year:
+                raise ValidationFailed([(path, "must lie between the years 1900 and 9000")])
             if end_of_day:
                 d = date.fromordinal(d.toordinal() + 1)
-            return datetime(d.year, d.month, d.day, tzinfo=zone).astimezone(UTC)
-        dt = datetime.fromisoformat(value.replace("Z", "+00:00").replace(" ", "+"))
+            dt = datetime(d.year, d.month, d.day, tzinfo=zone)
+        else:
+            dt = datetime.fromisoformat(value.replace("Z", "+00:00").replace(" ", "+"))
     except ValueError:
         raise ValidationFailed(
             [(path, f"expected an RFC 3339 timestamp with offset or a date, got {value!r}")]
         ) from None
     if dt.tzinfo is None:
         raise ValidationFailed([(path, f"{value!r} has no UTC offset")])
-    return dt.astimezone(UTC)
+    return in_utc_and_bounds(dt, path)
 
 
 # ── cursors and read-your-writes ────────────────────────────────────────────
