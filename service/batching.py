@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Hashable
 from typing import Final, Generic, TypeVar
@@ -182,13 +183,21 @@ class _Batcher(ABC, Generic[C]):
                 raise
             return
         assert not isinstance(done, Stored)
+        # Each answer carries the position of its own request's last event (SPEC 3), not the
+        # batch's: the events a request added carry that request's metadata.
+        last: dict[int, int] = {}
+        for events in done.new.values():
+            for e in events:
+                key_ = id(e.metadata)
+                last[key_] = max(last.get(key_, 0), e.position)
         for n, request in enumerate(batch):
             if request.answer.done():
                 continue
             if n in refused:
                 request.answer.set_exception(refused[n])
             else:
-                request.answer.set_result(done)
+                own = last.get(id(request.meta), 0)
+                request.answer.set_result(dataclasses.replace(done, position=own))
 
 
 class SeatBatcher(_Batcher[AddSeats]):

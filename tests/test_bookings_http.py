@@ -473,6 +473,61 @@ class TestLifecycle:
             "reason",
         }
 
+    async def test_command_answers_carry_the_position_of_their_own_last_event(
+        self, api: Api
+    ) -> None:
+        # SPEC 3. A hold's last event is its claim in the day stream, after the booking's own;
+        # holds decided in one batch must each get their own, not the batch's last.
+        day = weekday_ahead(1)
+        every_day = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+        await resource(api, "host", weekly={d: [["00:00", "24:00"]] for d in every_day})
+        await service(api, "s", ["host"], duration_minutes=15)
+
+        async def last_event_of(booking_id: str, since: int) -> int:
+            stream = streams.booking(api.tenant["tenant_id"], booking_id)
+            return int(
+                await api.pool.fetchval(
+                    "SELECT max(position) FROM events WHERE position > $3 AND (stream_id = $1 "
+                    "OR data->>'claim_id' = $2 OR data->>'booking_id' = $2)",
+                    stream,
+                    booking_id,
+                    since,
+                )
+            )
+
+        head = int(await api.pool.fetchval("SELECT max(position) FROM events"))
+        answers = await asyncio.gather(
+            *(
+                api.post("/v1/bookings", {"service": "s", "start": iso(at(day, f"{h:02d}:00"))})
+                for h in range(8, 20)
+            )
+        )
+        assert all(r.status_code == 201 for r in answers), [r.text for r in answers]
+        held = [r.json() for r in answers]
+        for b in held:
+            assert b["position"] == await last_event_of(b["id"], head), b
+        positions = [b["position"] for b in held]
+        assert len(set(positions)) == len(positions)
+        read = await api.get(f"/v1/bookings/{held[0]['id']}")
+        assert read.json()["position"] < held[0]["position"]  # the booking's own last event
+
+        # One with an Idempotency-Key (not batched), and a lifecycle command.
+        head = int(await api.pool.fetchval("SELECT max(position) FROM events"))
+        keyed = await api.post(
+            "/v1/bookings",
+            {"service": "s", "start": iso(at(day, "21:00"))},
+            headers={"Idempotency-Key": "pos-1"},
+        )
+        assert keyed.status_code == 201, keyed.text
+        assert keyed.json()["position"] == await last_event_of(keyed.json()["id"], head)
+        head = int(await api.pool.fetchval("SELECT max(position) FROM events"))
+        cancelled = await api.post(f"/v1/bookings/{held[1]['id']}/cancel", {"by": "owner"})
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.json()["position"] == await last_event_of(held[1]["id"], head)
+        assert cancelled.json()["position"] == await api.pool.fetchval(
+            "SELECT max(position) FROM events"
+        )
+
     async def test_min_position_reads_wait_for_the_write(self, api: Api) -> None:
         day = weekday_ahead(1)
         await resource(api, "host")

@@ -147,9 +147,19 @@ def booking_view(b: Booking, at: datetime) -> BookingView:
     )
 
 
+def command_view(done: Done, stream_id: str, at: datetime) -> BookingView:
+    """A command's answer: the booking as it left it, with the position of the command's last
+    event (SPEC 3), which may be a claim in a day stream written after the booking's own; the
+    booking's own when the command wrote nothing."""
+    view = booking_view(booking_after(done, stream_id), at)
+    if done.position:
+        view = msgspec.structs.replace(view, position=done.position)
+    return view
+
+
 def created(stream_id: str, at: datetime) -> Any:
     def render(done: Done) -> tuple[int, bytes]:
-        return 201, encode_json(booking_view(booking_after(done, stream_id), at))
+        return 201, encode_json(command_view(done, stream_id, at))
 
     return render
 
@@ -226,7 +236,7 @@ async def _booking_command(request: Request, principal: Any, cmd: BookingCommand
     decide = booking_decision(cmd, if_match(request))
 
     def render(done: Done) -> tuple[int, bytes]:
-        return 200, encode_json(booking_view(booking_after(done, own), cmd.now))
+        return 200, encode_json(command_view(done, own, cmd.now))
 
     return await run_command(request, principal, decide, render, recall=True)
 

@@ -234,13 +234,15 @@ def view_after(
     kind: type[SessionView] = SessionView,
     **extra: Any,
 ) -> SessionView:
-    """The session as the command left it, with the position of its stream's last event."""
+    """The session as the command left it, with the position of the command's last event (SPEC
+    3: a claim of its time, or a seat booking it cancelled, may come after the session's own),
+    or of its stream's last event when the command wrote nothing."""
     events = done.stream(streams.session(tenant, session_id))
     state = session_of(events)
     assert state.scheduled is not None
     stored = StoredSession(**msgspec.structs.asdict(state.scheduled), message=state.message)
     claims = [(c.seats, c.expires_at) for c in state.claims.values()]
-    position = events[-1].position if events else 0
+    position = done.position or (events[-1].position if events else 0)
     return full_view(
         stored, state.status, claims, at, state.version, kind, position=position, **extra
     )
