@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+from service import store, streams
+from service.events import BookingConfirmed, EventMeta
+from service.store import AppendStream
 from tests.cli import slotlog
 from tests.conftest import Api
 from tests.helpers import at, hold, resource, service, weekday_ahead
@@ -91,6 +95,48 @@ class TestTheFeed:
             error = r.json()["error"]
             assert error["code"] == "validation_error"
             assert error["details"]["errors"][0]["path"] == "after"
+
+    async def test_after_may_be_an_events_position_and_0_is_the_start(self, api: Api) -> None:
+        await book_a_little(api)
+        whole = (await feed(api, limit=1000))["events"]
+        assert (await feed(api, after=0, limit=1000))["events"] == whole
+        third = whole[2]["position"]
+        assert (await feed(api, after=third, limit=1000))["events"] == whole[3:]
+        other = await api.new_tenant()
+        await resource(other, "theirs")
+        theirs = (await feed(other))["events"][0]["position"]
+        for bad in (theirs, 10**30, 2**63):  # another tenant's event answers as no event
+            r = await api.get("/v1/events", params={"after": bad})
+            assert r.status_code == 422, r.text
+            e = r.json()["error"]
+            assert e["details"]["errors"][0]["path"] == "after"
+            assert e["message"].endswith(f"after: no event of this tenant at position {bad}")
+
+    async def test_min_position_waits_until_the_feed_shows_the_event(self, api: Api) -> None:
+        booking = await book_a_little(api)
+        stream = streams.booking(api.tenant["tenant_id"], booking["id"])
+        async with api.pool.acquire() as conn:
+            writing = conn.transaction()
+            await writing.start()
+            version = len(await store.read_stream(conn, stream))
+            [appended] = await store.append(
+                conn,
+                [AppendStream(stream, version, [BookingConfirmed(booking_id=booking["id"])])],
+                EventMeta(tenant=api.tenant["tenant_id"]),
+            )
+            read = asyncio.ensure_future(
+                api.get("/v1/events", params={"min_position": appended.position, "limit": 1000})
+            )
+            try:
+                done, _ = await asyncio.wait({read}, timeout=0.5)
+                assert not done, "the feed answered before the event it waits for was committed"
+            finally:
+                await writing.commit()
+            done, _ = await asyncio.wait({read}, timeout=5)
+        assert done and read.result().status_code == 200
+        assert appended.position in [e["position"] for e in (await feed(api, limit=1000))["events"]]
+        r = await api.get("/v1/events", params={"min_position": "soon"})
+        assert r.status_code == 422 and "min_position" in r.text
 
     async def test_needs_a_secret_key(self, api: Api) -> None:
         assert (await api.get("/v1/events", headers=api.public)).status_code == 403

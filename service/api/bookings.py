@@ -385,6 +385,7 @@ def history_entry(e: RecordedEvent) -> HistoryEntry:
 
 async def get_history(request: Request) -> Response:
     principal = await authenticate(request)
+    await wait_for_position(request)
     booking_id = request.path_params["id"]
     events = await store.read_stream(
         pool(request), streams.booking(principal.tenant_id, booking_id)
@@ -453,8 +454,9 @@ operations = [
         "GET",
         "/v1/bookings/{id}/history",
         "Every event of a booking, oldest first",
+        params=[MIN_POSITION],
         responses={200: HistoryView},
-        errors=[404],
+        errors=[404, 422],
     ),
     Op(
         "POST",

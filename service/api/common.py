@@ -348,16 +348,25 @@ class TimeOrderedQuery:
         return page, cursor
 
 
-async def wait_for_position(request: Request) -> None:
+_COMMITTED = "SELECT EXISTS (SELECT 1 FROM events WHERE position = $1)"
+# The log's readers (the events feed) see an event once every older transaction has ended too.
+_IN_THE_FEED = (
+    "SELECT EXISTS (SELECT 1 FROM events WHERE position = $1 "
+    "AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()))"
+)
+
+
+async def wait_for_position(request: Request, *, feed: bool = False) -> None:
     """Honour `?min_position=N`: wait (at most 2 s) until the event at N is committed, and with
-    it every read model written in its transaction."""
+    it every read model written in its transaction; with `feed`, until the log's readers see it
+    (store.read_all)."""
     wanted = query_int(request, "min_position", None, lo=0)
     if not wanted:
         return
     deadline = time.monotonic() + 2.0
     db = pool(request)
     while True:
-        head = await db.fetchval("SELECT EXISTS (SELECT 1 FROM events WHERE position = $1)", wanted)
+        head = await db.fetchval(_IN_THE_FEED if feed else _COMMITTED, wanted)
         if head or time.monotonic() >= deadline:
             return
         await asyncio.sleep(0.01)

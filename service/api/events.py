@@ -17,10 +17,17 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service import store
-from service.api.common import authenticate, json_response, pool, query_int, query_str
+from service.api.common import (
+    authenticate,
+    json_response,
+    pool,
+    query_int,
+    query_str,
+    wait_for_position,
+)
 from service.api.schemas import View
 from service.errors import ValidationFailed
-from service.openapi import Op, Param
+from service.openapi import MIN_POSITION, Op, Param
 from service.store import START, Checkpoint, RecordedEvent
 
 
@@ -54,20 +61,44 @@ def entry(e: RecordedEvent) -> EventEntry:
     )
 
 
-def parse_after(raw: str | None) -> Checkpoint:
+async def parse_after(request: Request, tenant: str) -> Checkpoint:
+    """`after`: a page's `next`, or the position of one of the tenant's events (the events after
+    it in log order follow; 0 is the start)."""
+    raw = query_str(request, "after")
     if raw is None:
         return START
+    if raw.isdigit() and raw.isascii():
+        position = int(raw)
+        if position == 0:
+            return START
+        tx = None
+        if position < 2**63:  # a bigint
+            tx = await pool(request).fetchval(
+                "SELECT transaction_id FROM events WHERE position = $1 AND tenant_id = $2",
+                position,
+                tenant,
+            )
+        if tx is None:  # another tenant's event answers the same: nothing of theirs shows
+            raise ValidationFailed([("after", f"no event of this tenant at position {position}")])
+        return Checkpoint(int(tx), position)
     try:
         return Checkpoint.parse(raw)
     except ValueError:
         raise ValidationFailed(
-            [("after", "invalid cursor; pass back the `next` of a previous page unchanged")]
+            [
+                (
+                    "after",
+                    "invalid cursor; pass back the `next` of a previous page unchanged, "
+                    "or an event's position",
+                )
+            ]
         ) from None
 
 
 async def list_events(request: Request) -> Response:
     principal = await authenticate(request)
-    after = parse_after(query_str(request, "after"))
+    await wait_for_position(request, feed=True)
+    after = await parse_after(request, principal.tenant_id)
     limit = query_int(request, "limit", 100, lo=1, hi=1000)
     assert limit is not None
     events = await store.read_all(pool(request), after, limit, tenant=principal.tenant_id)
@@ -84,8 +115,15 @@ operations = [
         "/v1/events",
         "The tenant's events in global order (audit feed)",
         params=[
-            Param("after", description="the `next` of the previous page"),
+            Param(
+                "after",
+                description=(
+                    "the `next` of the previous page, or the position of one of the tenant's "
+                    "events (0: from the start)"
+                ),
+            ),
             Param("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
+            MIN_POSITION,
         ],
         responses={200: EventPage},
         errors=[422],
