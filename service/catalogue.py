@@ -19,6 +19,7 @@ from service.events import ResourceUpserted, ServiceUpserted
 ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 ID_RE = re.compile(ID_PATTERN)
 MAX_METADATA_BYTES = 4096
+MAX_METADATA_DEPTH = 32
 
 Minutes = Annotated[int, Meta(ge=0, le=525_600)]
 Name = Annotated[str, Meta(min_length=1, max_length=200)]
@@ -77,10 +78,31 @@ def check_id(kind: str, value: str) -> None:
 
 
 def check_metadata(metadata: dict[str, Any], path: str = "metadata") -> list[tuple[str, str]]:
+    if _deeper_than(metadata, MAX_METADATA_DEPTH):
+        return [(path, f"metadata may nest objects and arrays {MAX_METADATA_DEPTH} deep at most")]
     size = len(msgspec.json.encode(metadata))
     if size > MAX_METADATA_BYTES:
         return [(path, f"metadata is {size} bytes; at most {MAX_METADATA_BYTES} are allowed")]
     return []
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Do objects and arrays nest in `value` more than `limit` deep (itself counting one)? Far
+    deeper JSON is stored, but reading its event back (for every later command on the stream,
+    and for the hold expirer) runs out of Python's recursion limit."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def resource_upserted(resource_id: str, body: ResourceBody) -> ResourceUpserted:

@@ -95,6 +95,12 @@ class LeaderWorker:
                         await asyncio.shield(conn.close(timeout=2))
 
 
+#: A hold whose expiry failed is tried again after this many seconds, doubling up to the last,
+#: so that holds that keep failing (a stream the row has no events for, say) are not the oldest
+#: `batch` of every step, holding back the expiry of everyone else's.
+RETRY_FAILED: Final = (1.0, 60.0)
+
+
 class HoldExpirer:
     """Writes HoldExpired for holds past their expiry (they already block nothing)."""
 
@@ -103,21 +109,35 @@ class HoldExpirer:
         self.commands = commands
         self.batch = batch
         self.expired = 0
+        # (tenant, booking) -> (when to try again, on time.monotonic(); the last wait)
+        self.failing: dict[tuple[str, str], tuple[float, float]] = {}
 
     async def step(self) -> float | None:
-        now = datetime.now(UTC)
+        now, clock = datetime.now(UTC), time.monotonic()
+        waiting = {key for key, (again, _) in self.failing.items() if again > clock}
         rows = await self.pool.fetch(
             "SELECT tenant_id, booking_id FROM rm_bookings WHERE status = 'held' "
             "AND expires_at <= $1 ORDER BY expires_at LIMIT $2",
             now,
-            self.batch,
+            self.batch + len(waiting),
         )
-        for row in rows:
-            cmd = ExpireHold(tenant=row["tenant_id"], now=now, booking_id=row["booking_id"])
-            meta = EventMeta(tenant=row["tenant_id"], actor="system:hold-expirer")
+        due = [r for r in rows if (r["tenant_id"], r["booking_id"]) not in waiting][: self.batch]
+        expired = 0
+        for row in due:
+            key = (row["tenant_id"], row["booking_id"])
+            cmd = ExpireHold(tenant=key[0], now=now, booking_id=key[1])
+            meta = EventMeta(tenant=key[0], actor="system:hold-expirer")
             try:
                 await self.commands.run(meta, booking_decision(cmd))
-                self.expired += 1
             except Exception as exc:
-                log.warning("expirer.failed", booking=row["booking_id"], error=repr(exc))
-        return 0.05 if len(rows) == self.batch else None
+                last = self.failing.get(key, (0.0, RETRY_FAILED[0] / 2))[1]
+                wait = min(last * 2, RETRY_FAILED[1])
+                self.failing[key] = (time.monotonic() + wait, wait)
+                log.warning("expirer.failed", booking=key[1], error=repr(exc), retry_in=wait)
+                continue
+            self.failing.pop(key, None)
+            expired += 1
+        self.expired += expired
+        if len(self.failing) > 10 * self.batch:  # holds expired elsewhere meanwhile: forget
+            self.failing = {k: v for k, v in self.failing.items() if v[0] > time.monotonic()}
+        return 0.05 if len(due) == self.batch and expired else None

@@ -135,6 +135,45 @@ class TestBadInput:
                 assert e["details"]["errors"][0]["path"] == path, (where, start, end, e)
                 assert "between the years 1900 and 9000" in e["message"]
 
+    async def test_metadata_nested_too_deep_is_refused_before_it_becomes_an_event(
+        self, api: Api
+    ) -> None:
+        # Events of about 975 levels were stored, then every read of their stream ran out of
+        # Python's recursion limit: 500s for good on that resource or booking, and a hold
+        # expirer stuck on them. Deeper still, decoding the request itself did (500).
+        def nested(depth: int) -> str:  # JSON text: encoders refuse such depths themselves
+            return '{"a":' + "[" * (depth - 1) + '"x"' + "]" * (depth - 1) + "}"
+
+        await resource(api, "r")
+        await service(api, "s", ["r"])
+        start = iso(at(weekday_ahead(1), "10:00"))
+        hold_ = f'{{"service": "s", "start": "{start}", '
+        headers = {**api.secret, "Content-Type": "application/json"}
+        for depth in (32, 33, 100, 5000):
+            meta = nested(depth)
+            for method, url, body, path in (
+                ("PUT", "/v1/resources/deep", f'{{"name": "D", "metadata": {meta}}}', "metadata"),
+                ("POST", "/v1/bookings", hold_ + f'"metadata": {meta}}}', "metadata"),
+                (
+                    "POST",
+                    "/v1/bookings",
+                    hold_ + f'"customer": {{"name": "C", "metadata": {meta}}}}}',
+                    "customer.metadata",
+                ),
+            ):
+                r = await api.client.request(method, url, content=body, headers=headers)
+                if depth == 32:
+                    assert r.status_code in (200, 201), r.text
+                    if method == "POST":  # free the slot for the next body
+                        await api.post(f"/v1/bookings/{r.json()['id']}/cancel", {"by": "owner"})
+                    continue
+                e = error(r, 422, "validation_error")
+                if depth <= 100:  # decoded: the check names the field
+                    assert e["details"]["errors"][0]["path"] == path, e
+                    assert "32 deep at most" in e["message"]
+                else:
+                    assert "nest too deep" in e["message"]
+
     async def test_a_timestamp_without_offset_is_refused(self, api: Api) -> None:
         await resource(api, "r")
         await service(api, "s", ["r"])

@@ -144,6 +144,8 @@ def decode(body: bytes, kind: type[T], *, allow_empty: bool = False) -> T:
         raise ValidationFailed([_path_of(str(exc))]) from None
     except msgspec.DecodeError as exc:
         raise MalformedJson(f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ValidationFailed([("", "objects and arrays nest too deep")]) from None
 
 
 async def json_body(request: Request, kind: type[T], *, allow_empty: bool = False) -> T:
