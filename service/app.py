@@ -255,9 +255,12 @@ async def _postgres_error(request: Request, exc: Exception) -> Response:
         return await _database_down(request, exc)
     if (getattr(exc, "sqlstate", None) or "").startswith("22"):
         # A data exception: a value the database cannot take (bad input that got past the
-        # validation above it). The client's fault, so 422 naming the database's complaint.
+        # validation above it). The client's fault, so 422; the database's own words (which
+        # name query arguments) go to the log, with the request id the answer carries.
         log.warning("request.data_exception", error=str(exc))
-        return error_response(ValidationFailed([("", f"invalid value: {exc}")]))
+        return error_response(
+            ValidationFailed([("", "a value is out of the range or form the database can store")])
+        )
     return await _internal(request, exc)
 
 

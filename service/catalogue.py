@@ -16,7 +16,9 @@ from service.availability import validate_hours
 from service.errors import ValidationFailed
 from service.events import ResourceUpserted, ServiceUpserted
 
-ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+# `(?!\n)`: Python's `$` also matches before a final newline, so "abc\n" passed (msgspec's
+# patterns search as `re.search` does); written so that JSON Schema's (ECMA) regexes agree.
+ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}(?!\n)$"
 ID_RE = re.compile(ID_PATTERN)
 MAX_METADATA_BYTES = 4096
 MAX_METADATA_DEPTH = 32

@@ -143,7 +143,9 @@ class Checkpoint:
     def parse(cls, text: str) -> Checkpoint:
         """Parse `encode()`'s form; raises ValueError on anything else."""
         tx, sep, pos = text.partition("-")
-        if not sep or not tx.isdigit() or not pos.isdigit():
+        if not sep or not (tx + pos).isascii() or not tx.isdigit() or not pos.isdigit():
+            raise ValueError(f"invalid cursor {text!r}")
+        if int(tx) >= 2**64 or int(pos) >= 2**63:  # past xid8 and bigint
             raise ValueError(f"invalid cursor {text!r}")
         return cls(int(tx), int(pos))
 

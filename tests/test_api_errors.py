@@ -4,6 +4,7 @@ has the SPEC §3 shape, names the problem, and a failed command leaves nothing b
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 from typing import Any
 
@@ -173,6 +174,60 @@ class TestBadInput:
                     assert "32 deep at most" in e["message"]
                 else:
                     assert "nest too deep" in e["message"]
+
+    async def test_odd_digits_ids_with_a_final_newline_and_huge_cursors_are_422_not_500(
+        self, api: Api
+    ) -> None:
+        # str.isdigit() takes "²", which int() refuses (500); Python's `$` let "abc\n" through as
+        # an id; cursors past bigint reached the database, whose words came back in the answer.
+        await resource(api, "r")
+        await service(api, "s", ["r"])
+        b = await hold(api, "s", at(weekday_ahead(1), "10:00"))
+        r = await api.post(
+            f"/v1/bookings/{b['id']}/cancel", {"by": "owner"}, headers={"If-Match": b'"\xb2"'}
+        )
+        assert error(r, 422, "validation_error")["details"]["errors"][0]["path"] == "If-Match"
+        hook = {"url": "https://example.com/h", "events": ["*"], "secret": "s3cret-enough"}
+        assert (await api.put("/v1/webhooks/w1", hook)).status_code in (200, 201)
+        cursor = base64.urlsafe_b64encode("²".encode()).decode().rstrip("=")
+        r = await api.get("/v1/webhooks/w1/deliveries", params={"cursor": cursor})
+        assert error(r, 422, "validation_error")["details"]["errors"][0]["path"] == "cursor"
+        huge = base64.urlsafe_b64encode(str(2**64).encode()).decode().rstrip("=")
+        r = await api.get("/v1/webhooks/w1/deliveries", params={"cursor": huge})
+        assert error(r, 422, "validation_error")["details"]["errors"][0]["path"] == "cursor"
+        for after in (f"{2**64}-1", f"1-{2**63}"):
+            r = await api.get("/v1/events", params={"after": after})
+            assert error(r, 422, "validation_error")["details"]["errors"][0]["path"] == "after"
+        r = await api.put("/v1/resources/abc%0A", {"name": "A"})
+        assert error(r, 422, "validation_error")["details"]["errors"][0]["path"] == "id"
+        r = await api.post(
+            "/v1/bookings",
+            {"service": "s", "start": iso(at(weekday_ahead(1), "11:00")), "resources": ["r\n"]},
+        )
+        assert error(r, 422, "validation_error")["details"]["errors"][0]["path"].startswith(
+            "resources"
+        )
+
+    async def test_a_correlation_id_unlike_an_id_is_not_kept(self, api: Api) -> None:
+        await resource(api, "r")
+        await service(api, "s", ["r"])
+        for given, kept in (("order-42", True), ("x" * 129, False), ("a\tb", False)):
+            r = await api.post(
+                "/v1/bookings",
+                {"service": "s", "start": iso(at(weekday_ahead(1), "10:00"))},
+                headers={"X-Correlation-Id": given},
+            )
+            assert r.status_code == 201, r.text
+            meta = (await api.get(f"/v1/bookings/{r.json()['id']}/history")).json()["events"][0]
+            events = await api.pool.fetch(
+                "SELECT metadata->>'correlation_id' AS c, metadata->>'request_id' AS r "
+                "FROM events WHERE stream_id LIKE '%' || $1",
+                r.json()["id"],
+            )
+            assert events and all(
+                (e["c"] == given) if kept else (e["c"] == e["r"]) for e in events
+            ), (given, events, meta)
+            await api.post(f"/v1/bookings/{r.json()['id']}/cancel", {"by": "owner"})
 
     async def test_a_timestamp_without_offset_is_refused(self, api: Api) -> None:
         await resource(api, "r")

@@ -82,15 +82,27 @@ def meta(request: Request, principal: Principal, idempotency_key: str | None = N
         tenant=principal.tenant_id,
         actor=principal.key_id,
         request_id=request_id,
-        correlation_id=request.headers.get("x-correlation-id") or request_id,
+        correlation_id=correlation_id(request) or request_id,
         causation_id=request_id,
         idempotency_key=idempotency_key,
     )
 
 
+def correlation_id(request: Request) -> str | None:
+    """The client's X-Correlation-Id, kept in every event's metadata when it is an id like a
+    request id (1-128 printable characters); otherwise the request's own id stands in."""
+    given = request.headers.get("x-correlation-id")
+    return given if given and len(given) <= 128 and given.isprintable() else None
+
+
 async def read_body(request: Request) -> bytes:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+    if (
+        declared is not None
+        and declared.isascii()
+        and declared.isdigit()
+        and int(declared) > MAX_BODY
+    ):
         raise PayloadTooLarge(f"the body is {declared} bytes; at most {MAX_BODY} are accepted")
     chunks: list[bytes] = []
     size = 0
@@ -175,7 +187,7 @@ def if_match(request: Request) -> int | None:
     if value is None:
         return None
     text = value.strip().removeprefix("W/").strip('"')
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # isdigit() alone takes "²", int() does not
         raise ValidationFailed([("If-Match", f"expected a version like '\"3\"', got {value!r}")])
     return int(text)
 
@@ -350,19 +362,25 @@ class TimeOrderedQuery:
         return page, cursor
 
 
-_COMMITTED = "SELECT EXISTS (SELECT 1 FROM events WHERE position = $1)"
+# Reached, or never drawn: a position past the sequence's last was in no answer, so a read
+# that names it does not wait its 2 s (a cheap way to hold many requests open, otherwise).
+_COMMITTED = (
+    "SELECT EXISTS (SELECT 1 FROM events WHERE position = $1) "
+    "OR (SELECT last_value FROM events_position_seq) < $1"
+)
 # The log's readers (the events feed) see an event once every older transaction has ended too.
 _IN_THE_FEED = (
     "SELECT EXISTS (SELECT 1 FROM events WHERE position = $1 "
-    "AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()))"
+    "AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())) "
+    "OR (SELECT last_value FROM events_position_seq) < $1"
 )
 
 
 async def wait_for_position(request: Request, *, feed: bool = False) -> None:
     """Honour `?min_position=N`: wait (at most 2 s) until the event at N is committed, and with
     it every read model written in its transaction; with `feed`, until the log's readers see it
-    (store.read_all)."""
-    wanted = query_int(request, "min_position", None, lo=0)
+    (store.read_all). A position not drawn yet answers at once."""
+    wanted = query_int(request, "min_position", None, lo=0, hi=2**63 - 1)
     if not wanted:
         return
     deadline = time.monotonic() + 2.0

@@ -164,7 +164,7 @@ async def list_deliveries(request: Request) -> Response:
     after = 0
     if cursor is not None:
         (raw,) = decode_cursor(cursor, 1)
-        if not raw.isdigit():
+        if not (raw.isascii() and raw.isdigit()) or int(raw) >= 2**63:
             raise ValidationFailed([("cursor", "invalid cursor; pass back next_cursor unchanged")])
         after = int(raw)
     rows = await pool(request).fetch(
