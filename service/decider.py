@@ -737,10 +737,10 @@ def decide_booking(
                 reclaim(tenant, booking, None),
             )
         case ApproveBooking() | RejectBooking():
-            verb = "approve" if isinstance(cmd, ApproveBooking) else "reject"
+            done = "approved" if isinstance(cmd, ApproveBooking) else "rejected"
             if booking.effective_status(now) != "pending":
                 raise InvalidTransition(
-                    f"only a pending booking can be {verb}d; this one is "
+                    f"only a pending booking can be {done}; this one is "
                     f"{booking.effective_status(now)}",
                     status=booking.effective_status(now),
                 )
@@ -766,15 +766,17 @@ def decide_booking(
                 release(tenant, booking),
             )
         case ExtendHold():
-            if not 1 <= cmd.seconds <= booking.policy.hold_seconds:
-                raise ValidationFailed(
-                    [("seconds", f"must be between 1 and {booking.policy.hold_seconds}")]
-                )
+            # The state first: a booking that cannot be extended at all says so (409), whatever
+            # the length asked for.
             if booking.effective_status(now) != "held":
                 _live(booking, now, "extend")
                 raise InvalidTransition(
                     f"only a held booking can be extended; this one is {booking.status}",
                     status=booking.status,
+                )
+            if not 1 <= cmd.seconds <= booking.policy.hold_seconds:
+                raise ValidationFailed(
+                    [("seconds", f"must be between 1 and {booking.policy.hold_seconds}")]
                 )
             assert booking.expires_at is not None
             new_expiry = max(booking.expires_at, now) + timedelta(seconds=cmd.seconds)

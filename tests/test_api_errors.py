@@ -229,6 +229,25 @@ class TestBadInput:
             ), (given, events, meta)
             await api.post(f"/v1/bookings/{r.json()['id']}/cancel", {"by": "owner"})
 
+    async def test_availability_names_its_own_parameters_and_counts_local_days(
+        self, api: Api
+    ) -> None:
+        await resource(api, "r", zone="Europe/Paris")
+        await service(api, "s", ["r"])  # 60 minutes only
+        day = weekday_ahead(1).isoformat()
+        r = await api.get(
+            "/v1/availability", params={"service": "s", "from": day, "to": day, "duration": 45}
+        )
+        e = error(r, 422, "validation_error")
+        assert e["details"]["errors"][0]["path"] == "duration", e
+        # 62 days of the Paris calendar across the autumn change of the clocks: 62 days and an
+        # hour of real time, which was refused.
+        paris = {"service": "s", "from": "2030-09-01", "to": "2030-11-01"}
+        r = await api.get("/v1/availability", params={**paris, "timezone": "Europe/Paris"})
+        assert r.status_code == 200, r.text
+        r = await api.get("/v1/availability", params={**paris, "to": "2030-11-02"})
+        assert "62 days" in error(r, 422, "validation_error")["message"]
+
     async def test_a_timestamp_without_offset_is_refused(self, api: Api) -> None:
         await resource(api, "r")
         await service(api, "s", ["r"])

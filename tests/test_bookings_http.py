@@ -155,6 +155,8 @@ class TestOnSchedFlow:
         app = api.client._transport.app  # type: ignore[attr-defined]
         await HoldExpirer(app.state.pool, app.state.commands).step()
         assert await event_types(api, held["id"]) == ["SlotHeld", "HoldExpired"]
+        read = (await api.get(f"/v1/bookings/{held['id']}")).json()
+        assert read["status"] == "expired" and read["expires_at"] == held["expires_at"]
 
     async def test_a_hold_the_expirer_cannot_expire_does_not_hold_back_the_others(
         self, api: Api

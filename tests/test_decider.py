@@ -281,6 +281,13 @@ class TestLifecycle:
         assert s.booking is not None
         assert s.booking.expires_at == NOW + timedelta(seconds=600)
 
+    def test_extending_a_booking_that_is_not_held_is_refused_by_its_state_first(self) -> None:
+        s = self.held(hold_seconds=300)
+        s.when(ConfirmBooking(tenant=T, now=NOW, booking_id="b1")).then(BookingConfirmed)
+        s.when(ExtendHold(tenant=T, now=NOW, booking_id="b1", seconds=10_000)).then_raises(
+            InvalidTransition
+        )
+
     def test_reschedule_releases_nothing_it_reclaims_on_the_same_day(self) -> None:
         s = self.held()
         s.when(

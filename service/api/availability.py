@@ -88,7 +88,12 @@ async def get_availability(request: Request) -> Response:
     end = parse_instant(raw_to, "to", zone, end_of_day=True)
     if end <= start:
         raise ValidationFailed([("to", "must be after from")])
-    if end - start > MAX_RANGE:
+    # 62 days of the calendar in `timezone`: wall-clock time, so a range across a change of
+    # the clocks is not an hour too long.
+    if (
+        end.astimezone(zone).replace(tzinfo=None) - start.astimezone(zone).replace(tzinfo=None)
+        > MAX_RANGE
+    ):
         raise ValidationFailed([("to", "the range may span at most 62 days")])
     group_by = query_str(request, "group_by")
     if group_by not in (None, "day"):
@@ -97,7 +102,12 @@ async def get_availability(request: Request) -> Response:
     duration_q = query_int(request, "duration", None, lo=1, hi=1440)
 
     service, catalogue = await load_service(request, principal.tenant_id, service_id)
-    duration = duration_for(service, duration_q)
+    try:
+        duration = duration_for(service, duration_q)
+    except ValidationFailed as exc:  # the decider names the body's field; here it is a query's
+        raise ValidationFailed(
+            [("duration", e["message"]) for e in exc.details["errors"]]
+        ) from None
     if wanted:
         try:
             chosen = selected_resources(service, wanted.split(","))

@@ -137,7 +137,8 @@ def booking_view(b: Booking, at: datetime) -> BookingView:
         customer=b.customer,
         notes=b.notes,
         metadata=b.metadata,
-        expires_at=b.expires_at if b.status == "held" else None,
+        # Kept once the hold has lapsed, before HoldExpired is written and after alike.
+        expires_at=b.expires_at if b.status in ("held", "expired") else None,
         version=b.version,
         position=b.position,
         created_at=b.created_at,
