@@ -237,7 +237,21 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     code = _HTTP_CODES.get(exc.status_code, "error")
     err = ApiError(str(exc.detail))
     err.status, err.code = exc.status_code, code
-    return error_response(err, dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        # Starlette's router names the methods of the first route that matched the path;
+        # GET and PUT of one path are two routes here, so name every route's.
+        allowed = {
+            method
+            for route in request.app.routes
+            if isinstance(route, Route)
+            and route.methods
+            and route.matches(request.scope)[0] is not Match.NONE
+            for method in route.methods
+        }
+        if allowed:
+            headers["Allow"] = ", ".join(sorted(allowed))
+    return error_response(err, headers)
 
 
 def database_unavailable(exc: BaseException) -> bool:

@@ -274,6 +274,12 @@ class TestBadInput:
         error(await api.get("/v1/nothing-here"), 404, "not_found")
         r = await api.client.delete("/v1/bookings", headers=api.secret)
         error(r, 405, "method_not_allowed")
+        assert set(r.headers["allow"].split(", ")) == {"GET", "HEAD", "POST"}
+        # GET and PUT of a path are two routes: the answer names both.
+        for path in ("/v1/resources/a", "/v1/sessions/x", "/v1/webhooks/w"):
+            r = await api.client.patch(path, headers=api.secret)
+            error(r, 405, "method_not_allowed")
+            assert {"GET", "PUT"} <= set(r.headers["allow"].split(", ")), (path, r.headers)
 
     async def test_service_must_name_existing_resources(self, api: Api) -> None:
         r = await api.put(
