@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -248,6 +249,30 @@ class TestBadInput:
         r = await api.get("/v1/availability", params={**paris, "to": "2030-11-02"})
         assert "62 days" in error(r, 422, "validation_error")["message"]
 
+    async def test_who_cancels_and_a_seat_bookings_seats_and_customer_are_required(
+        self, api: Api
+    ) -> None:
+        # SPEC 3 marks neither optional. `by` fell back to the owner, who may cancel inside the
+        # customer's cancel window; seats fell back to 1 and the customer to none.
+        await resource(api, "r")
+        await service(api, "s", ["r"])
+        b = await hold(api, "s", at(weekday_ahead(1), "10:00"))
+        for body in ({}, {"reason": "no"}):
+            r = await api.post(f"/v1/bookings/{b['id']}/cancel", body)
+            assert error(r, 422, "validation_error")["details"]["errors"][0]["path"] == "by"
+        assert (await api.get(f"/v1/bookings/{b['id']}")).json()["status"] == "held"
+        start = at(weekday_ahead(3), "10:00")
+        session = {"resource": "r", "start": iso(start), "end": iso(start + timedelta(hours=1))}
+        made = await api.put("/v1/sessions/c", {**session, "title": "C", "max_seats": 5})
+        assert made.status_code == 201, made.text
+        seat_bodies: list[tuple[dict[str, Any], str]] = [
+            ({"customer": {"name": "A"}}, "seats"),
+            ({"seats": 1}, "customer"),
+        ]
+        for seat_body, path in seat_bodies:
+            r = await api.post("/v1/sessions/c/bookings", seat_body)
+            assert error(r, 422, "validation_error")["details"]["errors"][0]["path"] == path
+
     async def test_a_timestamp_without_offset_is_refused(self, api: Api) -> None:
         await resource(api, "r")
         await service(api, "s", ["r"])
@@ -370,7 +395,11 @@ class TestTenancy:
         error(await other.get("/v1/services/s"), 404, "not_found")
         error(await other.get(f"/v1/bookings/{booked['id']}"), 404, "not_found")
         error(await other.get(f"/v1/bookings/{booked['id']}/history"), 404, "not_found")
-        error(await other.post(f"/v1/bookings/{booked['id']}/cancel", {}), 404, "not_found")
+        error(
+            await other.post(f"/v1/bookings/{booked['id']}/cancel", {"by": "owner"}),
+            404,
+            "not_found",
+        )
         assert (await other.get("/v1/bookings")).json()["data"] == []
         # Same client ids in another tenant are separate objects.
         await resource(other, "host")
@@ -423,10 +452,10 @@ class TestIfMatch:
         ok = await api.post(f"{url}/extend", {"seconds": 60}, headers={"If-Match": etag})
         assert ok.status_code == 200 and ok.json()["version"] == 2
         before = await event_count(api)
-        stale = await api.post(f"{url}/cancel", {}, headers={"If-Match": etag})
+        stale = await api.post(f"{url}/cancel", {"by": "owner"}, headers={"If-Match": etag})
         e = error(stale, 412, "version_mismatch")
         assert e["details"]["current_version"] == 2
         assert await event_count(api) == before
         assert (await api.get(url)).json()["status"] == "held"
-        fresh = await api.post(f"{url}/cancel", {}, headers={"If-Match": '"2"'})
+        fresh = await api.post(f"{url}/cancel", {"by": "owner"}, headers={"If-Match": '"2"'})
         assert fresh.json()["status"] == "cancelled"

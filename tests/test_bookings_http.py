@@ -81,7 +81,9 @@ class TestVyteFlow:
         assert confirmed.json()["expires_at"] is None
 
         other = await hold(api, "meet", london[2], customer={"name": "Vy"})
-        cancelled = await api.post(f"/v1/bookings/{other['id']}/cancel", {"reason": "changed mind"})
+        cancelled = await api.post(
+            f"/v1/bookings/{other['id']}/cancel", {"reason": "changed mind", "by": "owner"}
+        )
         assert cancelled.json()["status"] == "cancelled"
         assert cancelled.json()["reason"] == "changed mind"
         assert [parse(s["start"]) for s in await slots(api, "meet", day)] == [london[0], london[2]]
@@ -434,7 +436,7 @@ class TestLifecycle:
         assert r.json()["error"]["code"] == "cancel_window_closed"
         r = await api.post(f"/v1/bookings/{b['id']}/cancel", {"by": "owner", "reason": "sick"})
         assert r.json()["status"] == "cancelled" and r.json()["cancelled_by"] == "owner"
-        r = await api.post(f"/v1/bookings/{b['id']}/cancel", {})
+        r = await api.post(f"/v1/bookings/{b['id']}/cancel", {"by": "owner"})
         assert r.status_code == 409 and r.json()["error"]["details"]["status"] == "cancelled"
 
     async def test_extend_pushes_the_expiry_within_the_hold_limit(self, api: Api) -> None:
@@ -477,7 +479,7 @@ class TestLifecycle:
         assert seen == [b["id"] for b in made]
         by_resource = (await api.get("/v1/bookings", params={"resource": "other"})).json()
         assert len(by_resource["data"]) == 1
-        await api.post(f"/v1/bookings/{made[1]['id']}/cancel", {})
+        await api.post(f"/v1/bookings/{made[1]['id']}/cancel", {"by": "owner"})
         held = (await api.get("/v1/bookings", params={"status": "held", "service": "s"})).json()
         assert len(held["data"]) == 4
         window = (

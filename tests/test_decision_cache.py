@@ -57,7 +57,7 @@ class TestRememberedStateIsVerified:
     ) -> None:
         await setup(api)
         first = await hold(api, "talk", at(DAY, "10:00"))
-        cancelled = await other.post(f"/v1/bookings/{first['id']}/cancel", {})
+        cancelled = await other.post(f"/v1/bookings/{first['id']}/cancel", {"by": "owner"})
         assert cancelled.status_code == 200, cancelled.text
         hits = cache_of(app).hits
         # This instance remembers 10:00 as held; the other cancelled it.
@@ -113,7 +113,7 @@ class TestRememberedStateIsVerified:
     ) -> None:
         await setup(api)
         held = await hold(api, "talk", at(DAY, "10:00"))  # remembered: held
-        r = await other.post(f"/v1/bookings/{held['id']}/cancel", {})
+        r = await other.post(f"/v1/bookings/{held['id']}/cancel", {"by": "owner"})
         assert r.status_code == 200, r.text
         hits = cache_of(app).hits
         confirm = await api.post(f"/v1/bookings/{held['id']}/confirm", {"customer": {"name": "A"}})
@@ -142,7 +142,9 @@ class TestRememberedStateIsVerified:
         )
         assert changed.status_code == 200, changed.text
         hits = cache_of(app).hits
-        cancelled = await api.post(f"/v1/bookings/{held['id']}/cancel", {"reason": "no"})
+        cancelled = await api.post(
+            f"/v1/bookings/{held['id']}/cancel", {"reason": "no", "by": "owner"}
+        )
         assert cancelled.status_code == 200, cancelled.text
         assert cancelled.json()["version"] == 5
         assert cancelled.json()["status"] == "cancelled"

@@ -51,7 +51,9 @@ async def test_real_answers_match_their_schemas(api: Api) -> None:
     conforms(doc, "ServiceView", await service(api, "s", ["host"]))
     booking = await hold(api, "s", at(day, "09:00"), customer={"name": "O"})
     conforms(doc, "BookingView", booking)
-    cancelled = await api.post(f"/v1/bookings/{booking['id']}/cancel", {"reason": "r"})
+    cancelled = await api.post(
+        f"/v1/bookings/{booking['id']}/cancel", {"reason": "r", "by": "owner"}
+    )
     conforms(doc, "BookingView", cancelled.json())
     listing = await api.get("/v1/bookings")
     conforms(doc, "BookingPage", listing.json())

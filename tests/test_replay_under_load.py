@@ -73,7 +73,9 @@ async def client_loop(
         assert r.status_code == 201, r.text
         booking: dict[str, Any] = r.json()
         assert start not in await free_starts(client, service_id), "a held slot showed as free"
-        r = await client.post(f"/v1/bookings/{booking['id']}/cancel", json={"reason": "load"})
+        r = await client.post(
+            f"/v1/bookings/{booking['id']}/cancel", json={"reason": "load", "by": "owner"}
+        )
         statuses[f"cancel {r.status_code}"] += 1
         assert r.status_code == 200, r.text
         assert start in await free_starts(client, service_id), "a cancelled slot stayed busy"

@@ -106,7 +106,11 @@ async def test_holds_count_until_they_expire_then_free_their_seats_at_once(serve
         await schedule(client, "long", 12, max_seats=6, hold_seconds=600)
         answers = await asyncio.gather(
             *(
-                client.post("/v1/sessions/long/bookings", json={"seats": 2}, headers=AUTH)
+                client.post(
+                    "/v1/sessions/long/bookings",
+                    json={"seats": 2, "customer": {"name": "Pair"}},
+                    headers=AUTH,
+                )
                 for _ in range(6)
             )
         )
@@ -115,7 +119,11 @@ async def test_holds_count_until_they_expire_then_free_their_seats_at_once(serve
         assert await seats_of(client, "long") == {"max": 6, "taken": 0, "held": 6, "left": 0}
 
         await schedule(client, "short", 14, max_seats=6, hold_seconds=1)
-        r = await client.post("/v1/sessions/short/bookings", json={"seats": 6}, headers=AUTH)
+        r = await client.post(
+            "/v1/sessions/short/bookings",
+            json={"seats": 6, "customer": {"name": "Team"}},
+            headers=AUTH,
+        )
         assert r.status_code == 201, r.text
         expires_at = datetime.fromisoformat(r.json()["expires_at"])
         await asyncio.sleep((expires_at - datetime.now(UTC)).total_seconds() + 0.2)

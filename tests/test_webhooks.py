@@ -181,7 +181,9 @@ class TestDelivery:
         try:
             await subscribe(api, receiver.url, ["BookingCancelled"])
             made = await book(api, 2)
-            r = await api.post(f"/v1/bookings/{made[1]['id']}/cancel", {"reason": "r"})
+            r = await api.post(
+                f"/v1/bookings/{made[1]['id']}/cancel", {"reason": "r", "by": "owner"}
+            )
             assert r.status_code == 200
             async with sending(database_url, api.pool):
 

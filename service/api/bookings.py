@@ -76,8 +76,9 @@ class HoldBody(Body, kw_only=True):
 
 
 class SeatsBody(Body, kw_only=True):
-    seats: Annotated[int, Meta(ge=1, le=10_000)] = 1
-    customer: Customer | None = None
+    # Both required (SPEC 3: `{seats: 1.., customer, confirm?}`).
+    seats: Annotated[int, Meta(ge=1, le=10_000)]
+    customer: Customer
     notes: Text | None = None
     metadata: dict[str, Any] = {}
     confirm: bool = False
@@ -93,7 +94,9 @@ class ReasonBody(Body, kw_only=True):
 
 class CancelBody(Body, kw_only=True):
     reason: Reason | None = None
-    by: Literal["customer", "owner"] = "owner"
+    # Required (SPEC 3): defaulting to the owner let a client that left it out cancel inside
+    # the customer's cancel window.
+    by: Literal["customer", "owner"]
 
 
 class RescheduleBody(Body, kw_only=True):
@@ -280,7 +283,7 @@ async def reject(request: Request) -> Response:
 
 async def cancel(request: Request) -> Response:
     principal = await authenticate(request)
-    body = await json_body(request, CancelBody, allow_empty=True)
+    body = await json_body(request, CancelBody)
     cmd = CancelBooking(
         tenant=principal.tenant_id,
         now=now(),
