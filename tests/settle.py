@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -37,3 +37,15 @@ async def within(work: Awaitable[T], seconds: float) -> T:
         task.cancel()
         raise AssertionError(f"not finished within {seconds} s")
     return task.result()
+
+
+async def answered_only_after(read: Awaitable[T], commit: Callable[[], Awaitable[Any]]) -> T:
+    """`read`'s result, asserting that it has not answered after 0.5 s, while the write it
+    waits for is uncommitted, and does within 5 s of `commit()`."""
+    task = asyncio.ensure_future(read)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=0.5)
+        assert not done, "the read answered before the write it waits for was committed"
+    finally:
+        await commit()
+    return await within(task, 5)
