@@ -151,7 +151,7 @@ class TestDelivery:
 
                 await eventually(all_delivered)
             finally:
-                receiver.stop()
+                receiver.close()
         got = [r.json["position"] for r in receiver.received]
         assert list(dict.fromkeys(got)) == expected  # every event, in log order
         assert got == sorted(got)  # at least once, never out of order
@@ -192,7 +192,7 @@ class TestDelivery:
 
                 await eventually(one)
         finally:
-            receiver.stop()
+            receiver.close()
         # At least once: an attempt that outlived FAST's 0.5 s timeout on a busy machine is sent
         # again, so the one event may arrive twice, but nothing else may.
         assert {r.json["type"] for r in receiver.received} == {"BookingCancelled"}
@@ -223,8 +223,8 @@ class TestDelivery:
                 await eventually(slow_timed_out)
                 slow = await deliveries(api, "slow")
         finally:
-            hanging.stop()
-            healthy.stop()
+            hanging.close()
+            healthy.close()
         assert all(d["status"] == "pending" for d in slow)
         assert "timed out" in slow[0]["attempts"][0]["error"]
         assert all(d["attempt_count"] == 0 for d in slow[1:])
@@ -248,7 +248,7 @@ class TestDelivery:
 
                 await eventually(all_failed)
         finally:
-            failing.stop()
+            failing.close()
         ds = await deliveries(api)
         assert all(d["attempt_count"] >= 2 for d in ds)
         assert all(a["status_code"] == 500 for d in ds for a in d["attempts"])
@@ -269,7 +269,7 @@ class TestDelivery:
 
                 await eventually(done)
         finally:
-            receiver.stop()
+            receiver.close()
         first = await api.get("/v1/webhooks/w1/deliveries", params={"limit": 2})
         page = first.json()
         assert len(page["data"]) == 2 and page["next_cursor"]
