@@ -95,14 +95,20 @@ def correlation_id(request: Request) -> str | None:
     return given if given and len(given) <= 128 and given.isprintable() else None
 
 
+#: The largest bigint: positions and cursors past it are refused before they reach the database.
+BIGINT_MAX: Final = 2**63 - 1
+
+
+def digits(text: str) -> int | None:
+    """`text` as a number when it is ASCII digits only, else None (str.isdigit() alone also
+    takes "²", which int() refuses)."""
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
 async def read_body(request: Request) -> bytes:
     declared = request.headers.get("content-length")
-    if (
-        declared is not None
-        and declared.isascii()
-        and declared.isdigit()
-        and int(declared) > MAX_BODY
-    ):
+    size_declared = None if declared is None else digits(declared)
+    if size_declared is not None and size_declared > MAX_BODY:
         raise PayloadTooLarge(f"the body is {declared} bytes; at most {MAX_BODY} are accepted")
     chunks: list[bytes] = []
     size = 0
@@ -186,10 +192,10 @@ def if_match(request: Request) -> int | None:
     value = request.headers.get("if-match")
     if value is None:
         return None
-    text = value.strip().removeprefix("W/").strip('"')
-    if not (text.isascii() and text.isdigit()):  # isdigit() alone takes "²", int() does not
+    version = digits(value.strip().removeprefix("W/").strip('"'))
+    if version is None:
         raise ValidationFailed([("If-Match", f"expected a version like '\"3\"', got {value!r}")])
-    return int(text)
+    return version
 
 
 async def run_command(
@@ -380,7 +386,7 @@ async def wait_for_position(request: Request, *, feed: bool = False) -> None:
     """Honour `?min_position=N`: wait (at most 2 s) until the event at N is committed, and with
     it every read model written in its transaction; with `feed`, until the log's readers see it
     (store.read_all). A position not drawn yet answers at once."""
-    wanted = query_int(request, "min_position", None, lo=0, hi=2**63 - 1)
+    wanted = query_int(request, "min_position", None, lo=0, hi=BIGINT_MAX)
     if not wanted:
         return
     deadline = time.monotonic() + 2.0

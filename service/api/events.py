@@ -18,7 +18,9 @@ from starlette.routing import Route
 
 from service import store
 from service.api.common import (
+    BIGINT_MAX,
     authenticate,
+    digits,
     json_response,
     pool,
     query_int,
@@ -67,12 +69,12 @@ async def parse_after(request: Request, tenant: str) -> Checkpoint:
     raw = query_str(request, "after")
     if raw is None:
         return START
-    if raw.isdigit() and raw.isascii():
-        position = int(raw)
+    position = digits(raw)
+    if position is not None:
         if position == 0:
             return START
         tx = None
-        if position < 2**63:  # a bigint
+        if position <= BIGINT_MAX:
             tx = await pool(request).fetchval(
                 "SELECT transaction_id FROM events WHERE position = $1 AND tenant_id = $2",
                 position,

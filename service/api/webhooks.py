@@ -17,8 +17,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service.api.common import (
+    BIGINT_MAX,
     authenticate,
     decode_cursor,
+    digits,
     encode_cursor,
     json_body,
     json_response,
@@ -164,9 +166,10 @@ async def list_deliveries(request: Request) -> Response:
     after = 0
     if cursor is not None:
         (raw,) = decode_cursor(cursor, 1)
-        if not (raw.isascii() and raw.isdigit()) or int(raw) >= 2**63:
+        position = digits(raw)
+        if position is None or position > BIGINT_MAX:
             raise ValidationFailed([("cursor", "invalid cursor; pass back next_cursor unchanged")])
-        after = int(raw)
+        after = position
     rows = await pool(request).fetch(
         "SELECT delivery_id, event_position, event_type, status, attempt_count, "
         "attempts::text AS attempts, next_attempt_at, created_at, completed_at "
