@@ -533,6 +533,30 @@ def choose_resource(
 # --------------------------------------------------------------------------------------------
 
 
+class _LocalDays:
+    """The local date of a rising instant in each calendar's zone, as its UTC span
+    (`_local_day`), computed again only when the instant leaves a zone's current span."""
+
+    def __init__(self, zones: Sequence[str]) -> None:
+        self._members: dict[str, list[int]] = {}
+        for k, zone in enumerate(zones):
+            self._members.setdefault(zone, []).append(k)
+        self._tz = {zone: ZoneInfo(zone) for zone in self._members}
+        self._spans: dict[str, tuple[datetime, datetime]] = {}
+
+    def move_to(self, moment: datetime) -> list[tuple[int, tuple[datetime, datetime]]]:
+        """The calendars whose local date changed at `moment` (all of them at first), each with
+        its new date's UTC span."""
+        changed: list[tuple[int, tuple[datetime, datetime]]] = []
+        for zone, members in self._members.items():
+            span = self._spans.get(zone)
+            if span is not None and span[0] <= moment < span[1]:
+                continue
+            span = self._spans[zone] = _local_day(moment, self._tz[zone])
+            changed += [(k, span) for k in members]
+        return changed
+
+
 def _candidates(
     windows: list[Window], rules: SlotRules, start: datetime, end: datetime, now: datetime
 ) -> Iterator[datetime]:
@@ -607,24 +631,32 @@ def compute_slots(
                 slots.append(Slot(candidate, candidate_end, everyone))
         return slots
 
-    zones = [ZoneInfo(cal.timezone) for cal in calendars]
-    day_counts: list[dict[date, int]] = [{} for _ in calendars]
-    starts = sorted({c for w in windows for c in _candidates(w, rules, start, end, now)})
+    # Round robin. Each distinct set of windows gives its candidates once (a team often shares
+    # its hours). A candidate goes to the able calendar with the fewest active entries starting
+    # on the candidate's local date, ties to the smaller id: that order changes only at a local
+    # midnight, so calendars are tried in it and the first able one takes the candidate. Most
+    # candidates need one check, not one per calendar (100 resources, a 1-minute grid and 62
+    # days took 16.6 s checking every calendar for every start).
+    distinct = list({tuple(w): w for w in windows}.values())
+    if len(distinct) == 1:  # one merged, sorted list of windows: its starts rise, each once
+        starts = list(_candidates(distinct[0], rules, start, end, now))
+    else:
+        starts = sorted({c for w in distinct for c in _candidates(w, rules, start, end, now)})
+    days = _LocalDays([cal.timezone for cal in calendars])
+    ids = [cal.resource_id for cal in calendars]
+    loads: list[tuple[int, str]] = [(0, i) for i in ids]
+    order: list[int] = []
     for candidate in starts:
+        changed = days.move_to(candidate)
+        if changed:
+            for k, (day_start, day_end) in changed:
+                loads[k] = (indexes[k].count_starting(day_start, day_end), ids[k])
+            order = sorted(range(len(calendars)), key=loads.__getitem__)
         candidate_end = candidate + duration
-        best: tuple[int, str] | None = None
-        for k, cal in enumerate(calendars):
-            if not _contains(windows[k], candidate, candidate_end):
-                continue
-            if not indexes[k].is_free(candidate, candidate_end, rules):
-                continue
-            day = candidate.astimezone(zones[k]).date()
-            count = day_counts[k].get(day)
-            if count is None:
-                count = indexes[k].count_starting(*_local_day(candidate, zones[k]))
-                day_counts[k][day] = count
-            if best is None or (count, cal.resource_id) < best:
-                best = (count, cal.resource_id)
-        if best is not None:
-            slots.append(Slot(candidate, candidate_end, (best[1],)))
+        for k in order:
+            if _contains(windows[k], candidate, candidate_end) and indexes[k].is_free(
+                candidate, candidate_end, rules
+            ):
+                slots.append(Slot(candidate, candidate_end, (ids[k],)))
+                break
     return slots

@@ -857,7 +857,7 @@ SCENARIO_NUMBERS = st.tuples(
     st.integers(0, 4),  # buffer after
     st.integers(0, 16),  # minimum notice
     st.one_of(st.none(), st.integers(0, 5 * QUARTERS_PER_DAY)),  # maximum advance
-    st.integers(1, 3),  # calendars
+    st.integers(1, 5),  # calendars
     st.sampled_from(["any", "all"]),
 )
 
