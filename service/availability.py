@@ -512,20 +512,26 @@ def choose_resource(
     """The round-robin choice for one given [start, end): among the calendars where within_hours
     and is_free hold, the one with the fewest active busy entries starting on the same local date
     (in that calendar's zone) as `start`, ties broken by resource id; None if none can take it."""
-    able = [
-        cal
-        for cal in calendars
-        if within_hours(cal, start, end) and is_free(cal.busy, start, end, rules, now)
-    ]
-    if len(able) <= 1:
-        return able[0].resource_id if able else None  # nothing to count
-    best: tuple[int, str] | None = None
-    for cal in able:
-        day_start, day_end = _local_day(_utc(start), ZoneInfo(cal.timezone))
-        count = sum(1 for b in cal.busy if _active(b, now) and day_start <= b.start < day_end)
-        if best is None or (count, cal.resource_id) < best:
-            best = (count, cal.resource_id)
-    return None if best is None else best[1]
+    if len(calendars) == 1:  # nothing to count
+        cal = calendars[0]
+        free = within_hours(cal, start, end) and is_free(cal.busy, start, end, rules, now)
+        return cal.resource_id if free else None
+    moment = _utc(start)
+    days: dict[str, tuple[datetime, datetime]] = {}
+
+    def load(cal: Calendar) -> tuple[int, str]:
+        day = days.get(cal.timezone)
+        if day is None:
+            day = days[cal.timezone] = _local_day(moment, ZoneInfo(cal.timezone))
+        count = sum(1 for b in cal.busy if _active(b, now) and day[0] <= b.start < day[1])
+        return count, cal.resource_id
+
+    # In the order of the choice, the first that can take it: counting is one pass over a day's
+    # entries, where checking the hours and the entries of every calendar cost more.
+    for cal in sorted(calendars, key=load):
+        if within_hours(cal, start, end) and is_free(cal.busy, start, end, rules, now):
+            return cal.resource_id
+    return None
 
 
 # --------------------------------------------------------------------------------------------
