@@ -12,6 +12,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import IO
 
 import httpx
 
@@ -53,14 +54,43 @@ def kill_group(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
+#: uvicorn's words when another process took the port between free_port() and its bind.
+_PORT_TAKEN = "address already in use"
+
+
 @contextmanager
 def serve(
     env: Mapping[str, str], *, workers: int = 1, port: int | None = None
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """Run `slotlog serve` with `env` added to this environment; yield (base URL, process)."""
-    port = port or free_port()
+    """Run `slotlog serve` with `env` added to this environment; yield (base URL, process).
+    Without a `port`, a free one; if another process takes it before the server binds it (the
+    port is free again once free_port() returns), the server starts again on another."""
+    for attempt in range(3):
+        chosen = port or free_port()
+        proc, output = _start(env, workers, chosen)
+        base = f"http://127.0.0.1:{chosen}"
+        try:
+            try:
+                wait_healthy(base, proc)
+            except (RuntimeError, TimeoutError):
+                output.seek(0)
+                said = output.read().decode(errors="replace")
+                if port is None and attempt < 2 and _PORT_TAKEN in said.lower():
+                    continue
+                sys.stderr.write(said[-5000:])
+                raise
+            yield base, proc
+            return
+        finally:
+            stop(proc)
+            output.close()
+
+
+def _start(
+    env: Mapping[str, str], workers: int, port: int
+) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
     full_env = {**os.environ, "SLOTLOG_LOG_LEVEL": "warning", **env}
-    output = tempfile.TemporaryFile()  # noqa: SIM115 - outlives this frame, closed below
+    output = tempfile.TemporaryFile()  # noqa: SIM115 - outlives this frame, closed by serve
     proc = subprocess.Popen(
         [sys.executable, "-m", "service", "serve", "--port", str(port), "--workers", str(workers)],
         env=full_env,
@@ -68,15 +98,4 @@ def serve(
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        try:
-            wait_healthy(base, proc)
-        except (RuntimeError, TimeoutError):
-            output.seek(0)
-            sys.stderr.write(output.read().decode(errors="replace")[-5000:])
-            raise
-        yield base, proc
-    finally:
-        stop(proc)
-        output.close()
+    return proc, output

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import signal
+import socket
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests import processes
 from tests.processes import serve
 
 
@@ -56,3 +58,19 @@ def test_embedded_serve_answers_stops_cleanly_and_reuses_its_data(
         assert httpx.get(f"{base}/healthz").status_code == 200
         assert (data / "PG_VERSION").read_text() == first_pg_version
     assert wait_until_gone(data) == []
+
+
+@pytest.mark.slow
+def test_a_port_taken_before_the_server_binds_it_is_given_up_for_another(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # free_port() lets its port go before the server binds it: another process may take it.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy, free = taken.getsockname()[1], processes.free_port()
+        ports = iter([busy, free])
+        monkeypatch.setattr(processes, "free_port", lambda: next(ports))
+        with processes.serve({"DATABASE_URL": database_url}) as (base, _):
+            assert base == f"http://127.0.0.1:{free}"
+            assert httpx.get(f"{base}/healthz").status_code == 200
