@@ -614,15 +614,7 @@ def compute_slots(
     # Busy entries that can matter: those reaching any candidate's block, or starting on a local
     # date of some candidate (for the round-robin count). Two days of margin cover both.
     margin = 2 * _DAY
-    indexes = [
-        _BusyIndex(
-            cal.busy,
-            now,
-            start - rules.buffer_before - margin,
-            end + duration + rules.buffer_after + margin,
-        )
-        for cal in calendars
-    ]
+    lo, hi = start - rules.buffer_before - margin, end + duration + rules.buffer_after + margin
 
     slots: list[Slot] = []
     # One calendar: round robin has no one to choose between, so it is the collective case.
@@ -631,12 +623,16 @@ def compute_slots(
         for other in windows[1:]:
             shared = _intersect(shared, other)
         everyone = tuple(sorted(cal.resource_id for cal in calendars))
+        # Free on every calendar is free of every calendar's entries: one index of them all
+        # (the buffer rule looks at one entry at a time), one look-up a candidate.
+        index = _BusyIndex([entry for cal in calendars for entry in cal.busy], now, lo, hi)
         for candidate in _candidates(shared, rules, start, end, now):
             candidate_end = candidate + duration
-            if all(index.is_free(candidate, candidate_end, rules) for index in indexes):
+            if index.is_free(candidate, candidate_end, rules):
                 slots.append(Slot(candidate, candidate_end, everyone))
         return slots
 
+    indexes = [_BusyIndex(cal.busy, now, lo, hi) for cal in calendars]
     # Round robin. Each distinct set of windows gives its candidates once (a team often shares
     # its hours). A candidate goes to the able calendar with the fewest active entries starting
     # on the candidate's local date, ties to the smaller id: that order changes only at a local
