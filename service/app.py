@@ -31,6 +31,7 @@ from service import openapi
 from service.api import availability, bookings, catalogue, ops, sessions
 from service.api import events as events_api
 from service.api import webhooks as webhooks_api
+from service.api.common import client_id
 from service.api.schemas import Health
 from service.background import Background
 from service.batching import HoldBatcher, SeatBatcher
@@ -66,7 +67,7 @@ def bind_request_id(scope: Scope) -> tuple[bytes, bytes]:
     request's state, bound to every log line of the request, and returned as the response
     header that carries it."""
     given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-    request_id = given if 0 < len(given) <= 128 and given.isprintable() else os.urandom(16).hex()
+    request_id = client_id(given) or os.urandom(16).hex()
     scope.setdefault("state", {})["request_id"] = request_id
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)

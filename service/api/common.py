@@ -88,11 +88,20 @@ def meta(request: Request, principal: Principal, idempotency_key: str | None = N
     )
 
 
+#: The longest id a client may send in a header (X-Request-Id, X-Correlation-Id).
+MAX_CLIENT_ID: Final = 128
+
+
+def client_id(given: str | None) -> str | None:
+    """An id a client sent in a header, if it is sane to keep (in logs, answers and events'
+    metadata): 1-128 printable characters; else None."""
+    return given if given and len(given) <= MAX_CLIENT_ID and given.isprintable() else None
+
+
 def correlation_id(request: Request) -> str | None:
     """The client's X-Correlation-Id, kept in every event's metadata when it is an id like a
-    request id (1-128 printable characters); otherwise the request's own id stands in."""
-    given = request.headers.get("x-correlation-id")
-    return given if given and len(given) <= 128 and given.isprintable() else None
+    request id (client_id); otherwise the request's own id stands in."""
+    return client_id(request.headers.get("x-correlation-id"))
 
 
 #: The largest bigint: positions and cursors past it are refused before they reach the database.
