@@ -348,9 +348,7 @@ async def _create_tables(conn: asyncpg.Connection, chosen: Sequence[Target]) -> 
     off = ", ".join(f"{option} = off" for option in _NO_AUTOVACUUM)
     try:
         for t in chosen:
-            await _into_tablespace_of(
-                conn, await conn.fetchval("SELECT $1::regclass::oid", t.table)
-            )
+            await _into_tablespace_of(conn, t.table)
             await conn.execute(f"DROP TABLE IF EXISTS {t.rebuild}")
             await conn.execute(
                 f"CREATE TABLE {t.rebuild} (LIKE {t.table} INCLUDING ALL EXCLUDING INDEXES) "
@@ -361,13 +359,14 @@ async def _create_tables(conn: asyncpg.Connection, chosen: Sequence[Target]) -> 
         await conn.execute("RESET default_tablespace")
 
 
-async def _into_tablespace_of(conn: asyncpg.Connection, relation: int) -> None:
-    """What `conn` creates next goes where the relation of oid `relation` is: in its own
+async def _into_tablespace_of(conn: asyncpg.Connection, relation: str) -> None:
+    """What `conn` creates next goes where the relation named `relation` is: in its own
     tablespace, or in the database's default one (not in a default_tablespace set for the role
     or the server)."""
     await conn.execute(
         "SELECT set_config('default_tablespace', coalesce((SELECT s.spcname FROM pg_class c "
-        "JOIN pg_tablespace s ON s.oid = c.reltablespace WHERE c.oid = $1), ''), false)",
+        "JOIN pg_tablespace s ON s.oid = c.reltablespace WHERE c.oid = $1::regclass), ''), "
+        "false)",
         relation,
     )
 
@@ -502,8 +501,7 @@ class _Index:
 
     target: Target
     name: str  # on the rebuild table
-    live: str  # the live index it becomes at the swap
-    live_oid: int  # … whose tablespace it is built in
+    live: str  # the live index it becomes at the swap, whose tablespace it is built in
     create: str
     constraint: str | None  # ALTER TABLE … USING INDEX, for a key constraint's index
     cost: float  # a guess in microseconds, to start the longest builds first
@@ -521,7 +519,7 @@ async def _indexes(conn: asyncpg.Connection, t: Target) -> list[_Index]:
     cost is guessed from the table's pages and rows (counted in 1 % of the pages, sampled); a
     partial index, reading the whole table, sorts too few rows to count."""
     rows = await conn.fetch(
-        "SELECT ic.relname AS name, i.indexrelid AS oid, i.indisunique AS is_unique, "
+        "SELECT ic.relname AS name, i.indisunique AS is_unique, "
         "pg_get_indexdef(i.indexrelid) "
         "AS def, c.contype::text AS contype, i.indpred IS NOT NULL AS partial, "
         "obj_description(i.indexrelid, 'pg_class') AS index_comment, "
@@ -563,7 +561,7 @@ async def _indexes(conn: asyncpg.Connection, t: Target) -> list[_Index]:
             comments.append(
                 f"COMMENT ON CONSTRAINT {new} ON {t.rebuild} IS {_literal(r['constraint_comment'])}"
             )
-        out.append(_Index(t, new, r["name"], r["oid"], create, constraint, cost, tuple(comments)))
+        out.append(_Index(t, new, r["name"], create, constraint, cost, tuple(comments)))
     return out
 
 
@@ -619,7 +617,7 @@ async def _create_indexes(
                     continue
                 index = builds.popleft()
                 await conn.execute(f"DROP INDEX IF EXISTS {index.name}")
-                await _into_tablespace_of(conn, index.live_oid)
+                await _into_tablespace_of(conn, index.live)
                 await conn.execute(index.create)
                 unbuilt[index.target.name] -= 1
                 if not unbuilt[index.target.name]:
