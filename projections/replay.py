@@ -53,14 +53,13 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Final, cast
 
 import asyncpg
 import msgspec
 
 from projections.engine import write_streams
-from projections.readmodels import PROJECTIONS, Projection, Recorded, Row
+from projections.readmodels import PROJECTIONS, Projection, Recorded, Row, pg_micros
 from projections.runner import (
     ASYNC_PROJECTIONS,
     AsyncProjection,
@@ -82,6 +81,12 @@ YIELD_EVENTS: Final = 500  # events folded between turns of the event loop
 FOLD_PROCESSES: Final = 4  # at most; never more than the CPUs
 CPUS: Final = os.cpu_count() or 1
 PARALLEL_FOLD_EVENTS: Final = 200_000  # smaller logs fold in one process (a helper takes ~0.3 s)
+#: What folding an event costs, against an event of a booking stream, by its stream's kind (the
+#: benchmark's log, measured): a day stream's claim makes one small row and no JSON.
+FOLD_COST: Final = {"rd": 0.6}
+#: A helper process folds its first event this much later than this process (a new interpreter,
+#: its imports and connections), counted in events of booking streams folded meanwhile.
+HELPER_LATE_EVENTS: Final = 45_000
 HELPER_PROGRESS: Final = 20_000  # events between a helper's progress reports
 SMALL_DELTA: Final = 200
 MAX_CATCH_UP_ROUNDS: Final = 8
@@ -173,9 +178,6 @@ def targets(names: Sequence[str] | None = None) -> list[Target]:
 # ── reading ──────────────────────────────────────────────────────────────────
 
 
-_PG_EPOCH: Final = datetime(2000, 1, 1, tzinfo=UTC)
-
-
 async def _times_as_micros(conn: asyncpg.Connection) -> None:
     """From now on `conn` sends and receives timestamptz as what it is on the wire: PostgreSQL's
     microseconds since 2000, an int8 (asyncpg's own codec: no Python call per value)."""
@@ -199,41 +201,13 @@ class Logged(msgspec.Struct, frozen=True):
     """One event as a fold reads it (projections.readmodels.Recorded), made from one row of
     the streams query: no metadata. Its recorded_at is PostgreSQL's microseconds since 2000, not
     a datetime: a fold carries an event's time into its rows as it is, never computes with it,
-    and the rebuild's COPY sends the number as it is (see _rows_for_copy). A datetime for every
+    and the rebuild's COPY sends the number as it is (see _writer). A datetime for every
     event, and its microseconds again for the COPY, cost a tenth of the fold."""
 
     event: AnyEvent
     version: int
     position: int
     recorded_at: int
-
-
-def _rows_for_copy(p: Projection[Any]) -> Callable[[list[Row]], list[Row]]:
-    """A function that returns `p`'s rows with the datetimes of its timestamptz columns as
-    PostgreSQL's microseconds since 2000 (recorded times, from Logged, already are), as the
-    rebuild's writers send them (_times_as_micros). Written out for `p`'s columns, as dataclasses
-    writes its methods: a loop over the columns cost twice as much, and these are a fifth of
-    the rows' encoding. Exact for aware datetimes (every time a fold writes; a naive one raises
-    TypeError); the timedelta's fields, not `// timedelta(microseconds=1)`: a third cheaper."""
-    names = [f"v{i}" for i in range(len(p.columns))]
-    lines = [
-        "def convert(rows):",
-        "    out = []",
-        "    add = out.append",
-        f"    for {', '.join(names)} in rows:",
-    ]
-    for name, sql_type in zip(names, p.types, strict=True):
-        if sql_type == "timestamptz":
-            lines += [
-                f"        if {name}.__class__ is datetime:",
-                f"            d = {name} - epoch",
-                f"            {name} = (d.days * 86400 + d.seconds) * 1_000_000 + d.microseconds",
-            ]
-    lines += [f"        add(({', '.join(names)},))", "    return out"]
-    scope: dict[str, Any] = {"datetime": datetime, "epoch": _PG_EPOCH}
-    exec("\n".join(lines), scope)  # our own text, from the projection's columns
-    convert: Callable[[list[Row]], list[Row]] = scope["convert"]
-    return convert
 
 
 _EVENT: Final = DECODER.decode
@@ -648,9 +622,9 @@ async def _fold_all(
 ) -> tuple[str, int, int]:
     """Phase 1: fold every stream of the inline projections in snapshot S0, COPY the rows.
     Returns (S0, events read, processes that folded). A large log is split into ranges of stream
-    ids of about equal size, one per CPU (at most FOLD_PROCESSES): this process folds the first,
-    helper processes (`python -m projections.replay`) fold the others in the same snapshot,
-    exported to them."""
+    ids that take about equally long to fold (_ranges), one per CPU (at most FOLD_PROCESSES):
+    this process folds the first, helper processes (`python -m projections.replay`) fold the
+    others in the same snapshot, exported to them."""
     async with read.transaction(isolation="repeatable_read", readonly=True):
         snapshot = await _snapshot(read)
         ranges = await _ranges(read)
@@ -680,9 +654,10 @@ async def _fold_all(
 
 
 async def _ranges(read: asyncpg.Connection) -> list[tuple[str | None, str | None]]:
-    """[lo, hi) ranges of stream ids holding about equal numbers of events, one per fold
-    process, cut at the planner's histogram of events.stream_id (free to read); one range, the
-    whole log, when the log is small, there is one CPU, or the histogram is missing."""
+    """[lo, hi) ranges of stream ids that take about equally long to fold, one per fold
+    process, cut at the planner's histogram of events.stream_id (free to read, _cuts); one
+    range, the whole log, when the log is small, there is one CPU, or the histogram is
+    missing."""
     processes = min(FOLD_PROCESSES, CPUS)
     if processes < 2:
         return [(None, None)]
@@ -694,10 +669,34 @@ async def _ranges(read: asyncpg.Connection) -> list[tuple[str | None, str | None
     )
     if row is None or row[0] < PARALLEL_FOLD_EVENTS or not row[1]:
         return [(None, None)]
-    bounds: list[str] = row[1]
-    cuts = sorted({bounds[len(bounds) * i // processes] for i in range(1, processes)})
-    edges: list[str | None] = [None, *cuts, None]
+    edges: list[str | None] = [None, *_cuts(row[1], row[0], processes), None]
     return list(itertools.pairwise(edges))
+
+
+def _cuts(bounds: Sequence[str], events: float, processes: int) -> list[str]:
+    """Where to cut the log, given the stream id histogram's `bounds` (each bucket between two
+    holds about as many events) and the events it counts, so that `processes` ranges take about
+    equally long to fold: a bucket weighs its events times FOLD_COST of its first stream's kind,
+    and the first range, this process's, takes HELPER_LATE_EVENTS more for every helper."""
+    per_bucket = events / max(1, len(bounds) - 1)
+    costs = [FOLD_COST.get(_kind_of(b), 1.0) * per_bucket for b in bounds[:-1]]
+    total = sum(costs)
+    first = min(total, (total + HELPER_LATE_EVENTS * (processes - 1)) / processes)
+    rest = (total - first) / (processes - 1)
+    ends = [first + rest * i for i in range(processes - 1)]
+    cuts: list[str] = []
+    folded = 0.0
+    for i, cost in enumerate(costs):
+        folded += cost
+        while ends and folded >= ends[0]:
+            cuts.append(bounds[i + 1])
+            ends.pop(0)
+    return sorted(set(cuts))
+
+
+def _kind_of(stream_id: str) -> str:
+    parts = stream_id.split(":", 2)
+    return parts[1] if len(parts) > 1 else ""
 
 
 _EVERY_KIND: Final = frozenset(p.stream_kind for p in PROJECTIONS)
@@ -766,7 +765,6 @@ async def _fold_range(
         asyncio.Queue(maxsize=2) for _ in writers
     ]
     queue_of = {t.name: queues[i % len(queues)] for i, t in enumerate(inline)}
-    for_copy = {t.name: _rows_for_copy(t.inline) for t in inline if t.inline is not None}
     failed: list[Exception] = []
 
     async def writer(write: asyncpg.Connection, queue: asyncio.Queue[Any]) -> None:
@@ -778,9 +776,7 @@ async def _fold_range(
             try:
                 t, rows = item
                 assert t.inline is not None
-                await write.copy_records_to_table(
-                    t.rebuild, records=for_copy[t.name](rows), columns=t.inline.columns
-                )
+                await write.copy_records_to_table(t.rebuild, records=rows, columns=t.inline.columns)
             except Exception as e:
                 failed.append(e)
 
@@ -817,7 +813,9 @@ async def _fold_range(
                             continue  # not a kind of the projections replayed
                         stream = [Logged(_EVENT(d), v, p, at) for _, d, v, p, at in group]
                         buffer = buffers[t.name]
-                        buffer.extend(t.inline.fold(stream_id, cast(list[Recorded], stream)))
+                        buffer.extend(
+                            t.inline.fold(stream_id, cast(list[Recorded], stream), pg_micros)
+                        )
                         events += len(stream)
                         if len(buffer) >= COPY_CHUNK:
                             await queue_of[t.name].put((t, buffer))
@@ -1205,9 +1203,10 @@ async def _writer(url: str) -> asyncpg.Connection:
     """A connection for the fold's COPY into `<table>_rebuild` (and index builds). Its commits
     do not wait for their WAL to reach disk: nothing of a rebuild counts until the swap, whose
     own commit does wait, and so makes every earlier write of the rebuild durable with it. Its
-    timestamptz values go as PostgreSQL's own microseconds since 2000 (_rows_for_copy):
-    asyncpg's encoder of a datetime (infinity checks, astimezone, a timedelta's fields) cost
-    twice the arithmetic here, and a bulk load sends four or more of them a row."""
+    timestamptz values go as PostgreSQL's own microseconds since 2000: recorded times as the
+    reader gives them (Logged), event times as a fold's rows give them (`pg_micros`). asyncpg's
+    encoder of a datetime (infinity checks, astimezone, a timedelta's fields) cost twice that
+    arithmetic, and a bulk load sends four or more of them a row."""
     conn = await _connect(url, synchronous_commit="off")
     await _times_as_micros(conn)
     return conn

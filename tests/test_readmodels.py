@@ -5,15 +5,22 @@ against the full comparison, over random days of claims and releases."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from projections.readmodels import BY_NAME, Projection, Row
-from service.events import AnyEvent, BookingConfirmed, TimeClaimed, TimeReleased
+from projections.readmodels import BY_NAME, Projection, Row, pg_micros
+from service.events import (
+    AnyEvent,
+    BookingConfirmed,
+    BookingPolicy,
+    SlotHeld,
+    TimeClaimed,
+    TimeReleased,
+)
 
 STREAM = "tn_t:rd:room:1:2026-12-01"  # a resource id may hold a colon
 DAY = datetime(2026, 12, 1, tzinfo=UTC)
@@ -123,3 +130,53 @@ def test_a_claim_off_the_streams_resource_and_day_is_refused() -> None:
     )
     with pytest.raises(ValueError, match="not on"):
         BUSY.changes(STREAM, [], logged([other]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.datetimes(
+        min_value=datetime(1, 1, 2),
+        max_value=datetime(9999, 12, 30),
+        timezones=st.sampled_from(
+            [UTC, timezone(timedelta(hours=5, minutes=45)), timezone(-timedelta(hours=11))]
+        ),
+    )
+)
+def test_pg_micros_is_postgresqls_binary_timestamptz(at: datetime) -> None:
+    # PostgreSQL keeps a timestamptz as microseconds since 2000-01-01 00:00 UTC.
+    assert pg_micros(at) == (at - datetime(2000, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    assert pg_micros(None) is None
+
+
+@settings(max_examples=100, deadline=None)
+@given(events)
+def test_a_fold_for_copy_gives_every_event_time_as_postgresqls_microseconds(
+    evs: list[AnyEvent],
+) -> None:
+    """Replay's COPY sends timestamptz columns as int8 (projections/replay.py _writer): every
+    time a row takes from an event must go through the fold's `time`; recorded times come in that
+    form already. A column left out would reach the COPY as a datetime and fail it."""
+    held = SlotHeld(
+        booking_id="bk_0",
+        service_id="svc",
+        resources=["room:1"],
+        start=DAY,
+        end=DAY + timedelta(minutes=30),
+        expires_at=DAY + timedelta(minutes=10),
+        policy=BookingPolicy(),
+        customer=None,
+        notes=None,
+    )
+    recorded = 86_400_000_000  # as replay's envelope gives a recorded time: PostgreSQL's form
+    cases = [(BUSY, STREAM, evs), (BY_NAME["bookings"], "tn_t:bk:bk_0", [held, *evs])]
+    for p, stream, these in cases:
+        recs = [Logged(e, i + 1, i + 1, recorded) for i, e in enumerate(these)]  # type: ignore[arg-type]
+        as_they_are = p.fold(stream, recs)
+        for_copy = p.fold(stream, recs, pg_micros)
+        assert len(as_they_are) == len(for_copy) and (p is BUSY or for_copy)
+        for row, copied in zip(as_they_are, for_copy, strict=True):
+            for value, sent, sql_type in zip(row, copied, p.types, strict=True):
+                if sql_type == "timestamptz" and isinstance(value, datetime):
+                    assert sent == pg_micros(value)  # an event's time, converted
+                else:  # anything else, a recorded time too, as it is
+                    assert sent == value
