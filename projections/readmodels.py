@@ -10,7 +10,6 @@ a replay from position 0 rebuilds tables identical to the live ones. No I/O here
 from __future__ import annotations
 
 import functools
-import operator
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -446,25 +445,30 @@ class BusyProjection(Projection[DayLedger]):
         return state
 
     def rows(self, stream_id: str, state: DayLedger, time: Time = as_is) -> list[Row]:
-        # The tenant once, and each day parsed once (a day stream's claims share theirs): a
-        # replay makes a row of every claim of the log (190 against 480 ns a claim).
+        # The tenant once, each day parsed once (a day stream's claims share theirs), and a
+        # blocked time without a buffer converted once: a replay makes a row of every claim of
+        # the log, and `time` (pg_micros there) was most of a row's cost. Sorted by claim id
+        # (the dict's keys) without a key function.
         tenant = tenant_of(stream_id)
         days: dict[str, date] = {}
-        return [
-            (
-                tenant,
-                c.resource_id,
-                days.get(c.day) or days.setdefault(c.day, date.fromisoformat(c.day)),
-                c.claim_id,
-                stream_id,
-                time(c.start),
-                time(c.end),
-                time(c.block_start),
-                time(c.block_end),
-                time(c.expires_at),
+        out: list[Row] = []
+        for _, c in sorted(state.claims.items()):
+            start, end = time(c.start), time(c.end)
+            out.append(
+                (
+                    tenant,
+                    c.resource_id,
+                    days.get(c.day) or days.setdefault(c.day, date.fromisoformat(c.day)),
+                    c.claim_id,
+                    stream_id,
+                    start,
+                    end,
+                    start if c.block_start == c.start else time(c.block_start),
+                    end if c.block_end == c.end else time(c.block_end),
+                    time(c.expires_at),
+                )
             )
-            for c in sorted(state.claims.values(), key=_CLAIM_ID)
-        ]
+        return out
 
     def changes(
         self, stream_id: str, before: Sequence[Recorded], new: Sequence[Recorded]
@@ -488,9 +492,6 @@ class BusyProjection(Projection[DayLedger]):
                 raise ValueError(f"busy: claim {r[3]} is not on {stream_id}'s resource and day")
         gone = [(*prefix, c) for c, e in touched.items() if e is None]
         return rows, gone
-
-
-_CLAIM_ID = operator.attrgetter("claim_id")
 
 
 class SessionsProjection(Projection[SessionState]):

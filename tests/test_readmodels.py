@@ -27,7 +27,7 @@ DAY = datetime(2026, 12, 1, tzinfo=UTC)
 BUSY = BY_NAME["busy"]
 
 
-def claim(n: int, minutes: int, expires: bool) -> TimeClaimed:
+def claim(n: int, minutes: int, expires: bool, buffer: int = 0) -> TimeClaimed:
     start = DAY + timedelta(minutes=minutes)
     return TimeClaimed(
         resource_id="room:1",
@@ -35,8 +35,8 @@ def claim(n: int, minutes: int, expires: bool) -> TimeClaimed:
         claim_id=f"bk_{n}",
         start=start,
         end=start + timedelta(minutes=30),
-        block_start=start,
-        block_end=start + timedelta(minutes=30),
+        block_start=start - timedelta(minutes=buffer),
+        block_end=start + timedelta(minutes=30 + 2 * buffer),
         expires_at=start if expires else None,
     )
 
@@ -47,7 +47,9 @@ def release(n: int) -> TimeReleased:
 
 events = st.lists(
     st.one_of(
-        st.builds(claim, st.integers(0, 6), st.integers(0, 1400), st.booleans()),
+        st.builds(
+            claim, st.integers(0, 6), st.integers(0, 1400), st.booleans(), st.sampled_from([0, 5])
+        ),
         st.builds(release, st.integers(0, 6)),
         st.builds(BookingConfirmed, booking_id=st.just("bk_0")),  # not a ledger event
     ),
