@@ -81,12 +81,6 @@ YIELD_EVENTS: Final = 500  # events folded between turns of the event loop
 FOLD_PROCESSES: Final = 4  # at most; never more than the CPUs
 CPUS: Final = os.cpu_count() or 1
 PARALLEL_FOLD_EVENTS: Final = 200_000  # smaller logs fold in one process (a helper takes ~0.3 s)
-#: What folding an event costs, against an event of a booking stream, by its stream's kind (the
-#: benchmark's log, measured): a day stream's claim makes one small row and no JSON.
-FOLD_COST: Final = {"rd": 0.6}
-#: A helper process folds its first event this much later than this process (a new interpreter,
-#: its imports and connections), counted in events of booking streams folded meanwhile.
-HELPER_LATE_EVENTS: Final = 45_000
 HELPER_PROGRESS: Final = 20_000  # events between a helper's progress reports
 SMALL_DELTA: Final = 200
 MAX_CATCH_UP_ROUNDS: Final = 8
@@ -622,9 +616,9 @@ async def _fold_all(
 ) -> tuple[str, int, int]:
     """Phase 1: fold every stream of the inline projections in snapshot S0, COPY the rows.
     Returns (S0, events read, processes that folded). A large log is split into ranges of stream
-    ids that take about equally long to fold (_ranges), one per CPU (at most FOLD_PROCESSES):
-    this process folds the first, helper processes (`python -m projections.replay`) fold the
-    others in the same snapshot, exported to them."""
+    ids of about equal size, one per CPU (at most FOLD_PROCESSES): this process folds the first,
+    helper processes (`python -m projections.replay`) fold the others in the same snapshot,
+    exported to them."""
     async with read.transaction(isolation="repeatable_read", readonly=True):
         snapshot = await _snapshot(read)
         ranges = await _ranges(read)
@@ -654,10 +648,9 @@ async def _fold_all(
 
 
 async def _ranges(read: asyncpg.Connection) -> list[tuple[str | None, str | None]]:
-    """[lo, hi) ranges of stream ids that take about equally long to fold, one per fold
-    process, cut at the planner's histogram of events.stream_id (free to read, _cuts); one
-    range, the whole log, when the log is small, there is one CPU, or the histogram is
-    missing."""
+    """[lo, hi) ranges of stream ids holding about equal numbers of events, one per fold
+    process, cut at the planner's histogram of events.stream_id (free to read); one range, the
+    whole log, when the log is small, there is one CPU, or the histogram is missing."""
     processes = min(FOLD_PROCESSES, CPUS)
     if processes < 2:
         return [(None, None)]
@@ -669,34 +662,10 @@ async def _ranges(read: asyncpg.Connection) -> list[tuple[str | None, str | None
     )
     if row is None or row[0] < PARALLEL_FOLD_EVENTS or not row[1]:
         return [(None, None)]
-    edges: list[str | None] = [None, *_cuts(row[1], row[0], processes), None]
+    bounds: list[str] = row[1]
+    cuts = sorted({bounds[len(bounds) * i // processes] for i in range(1, processes)})
+    edges: list[str | None] = [None, *cuts, None]
     return list(itertools.pairwise(edges))
-
-
-def _cuts(bounds: Sequence[str], events: float, processes: int) -> list[str]:
-    """Where to cut the log, given the stream id histogram's `bounds` (each bucket between two
-    holds about as many events) and the events it counts, so that `processes` ranges take about
-    equally long to fold: a bucket weighs its events times FOLD_COST of its first stream's kind,
-    and the first range, this process's, takes HELPER_LATE_EVENTS more for every helper."""
-    per_bucket = events / max(1, len(bounds) - 1)
-    costs = [FOLD_COST.get(_kind_of(b), 1.0) * per_bucket for b in bounds[:-1]]
-    total = sum(costs)
-    first = min(total, (total + HELPER_LATE_EVENTS * (processes - 1)) / processes)
-    rest = (total - first) / (processes - 1)
-    ends = [first + rest * i for i in range(processes - 1)]
-    cuts: list[str] = []
-    folded = 0.0
-    for i, cost in enumerate(costs):
-        folded += cost
-        while ends and folded >= ends[0]:
-            cuts.append(bounds[i + 1])
-            ends.pop(0)
-    return sorted(set(cuts))
-
-
-def _kind_of(stream_id: str) -> str:
-    parts = stream_id.split(":", 2)
-    return parts[1] if len(parts) > 1 else ""
 
 
 _EVERY_KIND: Final = frozenset(p.stream_kind for p in PROJECTIONS)

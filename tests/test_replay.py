@@ -160,7 +160,6 @@ async def test_a_large_log_is_folded_by_helper_processes_into_the_same_tables(
     await pool.execute("ANALYZE events")  # the histogram the ranges are cut at
     # This log counts as large, and the machine as having three CPUs.
     monkeypatch.setattr(rebuild, "PARALLEL_FOLD_EVENTS", 0)
-    monkeypatch.setattr(rebuild, "HELPER_LATE_EVENTS", 0)
     monkeypatch.setattr(rebuild, "CPUS", 3)
     logged = await pool.fetchval("SELECT count(*) FROM events")
     check = await replay(database_url, verify=True)
@@ -182,29 +181,6 @@ async def test_a_large_log_is_folded_by_helper_processes_into_the_same_tables(
     assert (await replay(database_url, verify=True)).differences == []
 
 
-def test_the_log_is_cut_where_the_fold_processes_take_equally_long() -> None:
-    """Ranges hold equal fold work, not equal events: a claim of a day stream weighs FOLD_COST,
-    and this process, which starts folding before its helpers, takes HELPER_LATE_EVENTS more."""
-    bookings = [f"t:bk:b{i:03}" for i in range(60)]
-    days = [f"t:rd:r:{i:03}" for i in range(40)]
-    bounds = [*bookings, *days, "t:ss:s"]  # 100 buckets of 1,000 events
-    weights = {"rd": 0.5}
-    cuts = rebuild._cuts
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(rebuild, "HELPER_LATE_EVENTS", 0)
-        patch.setattr(rebuild, "FOLD_COST", {})
-        assert cuts(bounds, 100_000, 2) == [bounds[50]]  # equal work, equal events
-        assert cuts(bounds, 100_000, 4) == [bounds[25], bounds[50], bounds[75]]
-        patch.setattr(rebuild, "FOLD_COST", weights)
-        # 60,000 events of bookings and 20,000 events' worth of claims: 40,000 each.
-        assert cuts(bounds, 100_000, 2) == [bounds[40]]
-        patch.setattr(rebuild, "HELPER_LATE_EVENTS", 10_000)
-        assert cuts(bounds, 100_000, 2) == [bounds[45]]  # 45,000 against 35,000
-        # A head start larger than the log leaves the helpers only the last bucket's end.
-        assert cuts(bounds, 1_000, 3) == [bounds[-1]]
-    assert rebuild._kind_of("t:rd:r:2026-01-01") == "rd" and rebuild._kind_of("odd") == ""
-
-
 async def test_a_failed_helper_process_stops_this_process_fold_at_once(
     pool: asyncpg.Pool, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -215,7 +191,6 @@ async def test_a_failed_helper_process_stops_this_process_fold_at_once(
     await settled(pool)
     await pool.execute("ANALYZE events")
     monkeypatch.setattr(rebuild, "PARALLEL_FOLD_EVENTS", 0)
-    monkeypatch.setattr(rebuild, "HELPER_LATE_EVENTS", 0)
     monkeypatch.setattr(rebuild, "CPUS", 2)
     fold_elsewhere = rebuild._fold_elsewhere
 
