@@ -63,3 +63,9 @@ def test_the_quick_replay_benchmark_reports_the_cpu_of_the_replay_the_bare_read_
     for measured in ("replay", "bare_read", "copy_alone"):
         assert sum(details["cpu_seconds"][measured].values()) > 0, measured
     assert "the replay's index phase" in " ".join(section["notes"])
+    # Three replays, each against the faster bare read around it; the median pair is shown.
+    pairs = details["pairs"]
+    assert len(pairs) == 3
+    assert rate["ratio"] == pytest.approx(sorted(p["ratio"] for p in pairs)[1], abs=0.01)
+    for p in pairs:
+        assert p["ratio"] == pytest.approx(p["bare_seconds"] / p["replay_seconds"])
