@@ -18,8 +18,9 @@ so the log holds a realistic mix.
   swapped-in tables are put at rest (VACUUM, CHECKPOINT), so that no run pays for an autovacuum
   or a checkpoint of the one before it.
 - what no fold avoids, for the profile of a miss: the CPU seconds (this process and PostgreSQL)
-  of the bare read, and of loading the rows the replay wrote by COPY alone (copy_alone). On two
-  cores, a replay takes at least the sum of those and its index builds, halved.
+  of the median pair's bare read, and of loading the rows the replay wrote by COPY alone
+  (copy_alone). On two cores, a replay takes at least the sum of those and its index builds,
+  halved.
 """
 
 from __future__ import annotations
