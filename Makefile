@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test check fmt bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py projections/_binary_copy.c
 	@test -n "$(PY)" || { echo "slotlog needs Python 3.11 or 3.12 (the embedded PostgreSQL, pgserver, has wheels for 3.10-3.12 only); none was found on PATH. Set PY=/path/to/python3.12 or use DATABASE_URL with a supported Python." >&2; exit 1; }
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -20,8 +20,8 @@ run: $(STAMP)
 	exec $(BIN)/slotlog serve
 
 check: $(STAMP)
-	$(BIN)/ruff format --check service projections tests bench
-	$(BIN)/ruff check service projections tests bench
+	$(BIN)/ruff format --check service projections tests bench setup.py
+	$(BIN)/ruff check service projections tests bench setup.py
 	$(BIN)/mypy
 
 test: check
@@ -35,4 +35,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .slotlog .mypy_cache .ruff_cache
+	rm -rf $(VENV) .slotlog .mypy_cache .ruff_cache build projections/*.so

@@ -58,8 +58,9 @@ from typing import Any, Final, cast
 import asyncpg
 import msgspec
 
+from projections.binary_copy import Encoding
 from projections.engine import write_streams
-from projections.readmodels import PROJECTIONS, Projection, Recorded, Row, pg_micros
+from projections.readmodels import PROJECTIONS, Projection, Recorded, Row, as_is, pg_micros
 from projections.runner import (
     ASYNC_PROJECTIONS,
     AsyncProjection,
@@ -735,6 +736,15 @@ async def _fold_range(
     ]
     queue_of = {t.name: queues[i % len(queues)] for i, t in enumerate(inline)}
     failed: list[Exception] = []
+    # The C encoder's bytes where it is built and takes every column's type, else asyncpg's.
+    encodings = {
+        t.name: await Encoding.of(writers[0], t.rebuild, t.inline.columns)
+        for t in inline
+        if t.inline is not None
+    }
+    # The C encoder takes an event's datetimes as they are; asyncpg's int8 codec (_writer) needs
+    # them as microseconds already.
+    time_of = {name: pg_micros if e is None else as_is for name, e in encodings.items()}
 
     async def writer(write: asyncpg.Connection, queue: asyncio.Queue[Any]) -> None:
         # After a failure a writer keeps taking (and dropping) its queue's rows: the fold, which
@@ -745,7 +755,19 @@ async def _fold_range(
             try:
                 t, rows = item
                 assert t.inline is not None
-                await write.copy_records_to_table(t.rebuild, records=rows, columns=t.inline.columns)
+                encoding = encodings[t.name]
+                if encoding is None:
+                    await write.copy_records_to_table(
+                        t.rebuild, records=rows, columns=t.inline.columns
+                    )
+                else:
+                    await write.copy_to_table(
+                        t.rebuild,
+                        # A view: bytes would be taken for a path to open.
+                        source=memoryview(encoding.encode(rows)),
+                        columns=t.inline.columns,
+                        format="binary",
+                    )
             except Exception as e:
                 failed.append(e)
 
@@ -783,7 +805,7 @@ async def _fold_range(
                         stream = [Logged(_EVENT(d), v, p, at) for _, d, v, p, at in group]
                         buffer = buffers[t.name]
                         buffer.extend(
-                            t.inline.fold(stream_id, cast(list[Recorded], stream), pg_micros)
+                            t.inline.fold(stream_id, cast(list[Recorded], stream), time_of[t.name])
                         )
                         events += len(stream)
                         if len(buffer) >= COPY_CHUNK:

@@ -1,0 +1,3 @@
+from typing import Any
+
+def encode(rows: list[tuple[Any, ...]], kinds: bytes, /) -> bytes: ...
