@@ -42,6 +42,7 @@ from bench.report import Row, Section
 from bench.seed import Plan, seed
 from bench.stats import ratio
 from projections import replay as rebuild
+from projections.binary_copy import Encoding
 from service.events import DECODER
 
 BAR = 0.50
@@ -73,9 +74,10 @@ COPY_ALONE_SUFFIX = "_copy_alone"
 
 async def copy_alone(bench: Bench) -> tuple[int, float, CpuMeter]:
     """(rows, seconds, CPU) of loading the rows the replay wrote into empty copies of their
-    tables by COPY alone, as the replay's writers send them (timestamps as PostgreSQL's
-    microseconds, chunks of its size, one connection per table, side by side, commits not
-    waiting for the disk), without reading or folding the log. Rows are read beforehand."""
+    tables by COPY alone, as the replay's writers send them (encoded by projections/binary_copy.py
+    where the replay's are, timestamps as PostgreSQL's microseconds, chunks of its size, one
+    connection per table, side by side, commits not waiting for the disk), without reading or
+    folding the log. Rows are read beforehand."""
     columns = {t.table: t.inline.columns for t in rebuild.targets() if t.inline is not None}
     tables = list(columns)
     conns = [await bench.connect() for _ in tables]
@@ -91,13 +93,26 @@ async def copy_alone(bench: Bench) -> tuple[int, float, CpuMeter]:
                 "EXCLUDING INDEXES) WITH (autovacuum_enabled = off, toast.autovacuum_enabled = off)"
             )
 
+        encodings = {
+            t: await Encoding.of(c, t + COPY_ALONE_SUFFIX, columns[t])
+            for c, t in zip(conns, tables, strict=True)
+        }
+
         async def load(conn: asyncpg.Connection, table: str) -> None:
+            encoding = encodings[table]
             for i in range(0, len(rows[table]), rebuild.COPY_CHUNK):
-                await conn.copy_records_to_table(
-                    table + COPY_ALONE_SUFFIX,
-                    records=rows[table][i : i + rebuild.COPY_CHUNK],
-                    columns=columns[table],
-                )
+                chunk = rows[table][i : i + rebuild.COPY_CHUNK]
+                if encoding is None:
+                    await conn.copy_records_to_table(
+                        table + COPY_ALONE_SUFFIX, records=chunk, columns=columns[table]
+                    )
+                else:
+                    await conn.copy_to_table(
+                        table + COPY_ALONE_SUFFIX,
+                        source=memoryview(encoding.encode(chunk)),
+                        columns=columns[table],
+                        format="binary",
+                    )
 
         cpu = CpuMeter({"here": os.getpid(), "postgres": bench.postgres.postmaster_pid})
         cpu.start()
