@@ -42,7 +42,7 @@ from bench.report import Row, Section
 from bench.seed import Plan, seed
 from bench.stats import ratio
 from projections import replay as rebuild
-from projections.binary_copy import Encoding
+from projections.binary_copy import Encoding, pieces
 from service.events import DECODER
 
 BAR = 0.50
@@ -107,12 +107,13 @@ async def copy_alone(bench: Bench) -> tuple[int, float, CpuMeter]:
                         table + COPY_ALONE_SUFFIX, records=chunk, columns=columns[table]
                     )
                 else:
-                    await conn.copy_to_table(
-                        table + COPY_ALONE_SUFFIX,
-                        source=memoryview(encoding.encode(chunk)),
-                        columns=columns[table],
-                        format="binary",
-                    )
+                    with encoding.encode(chunk) as data:
+                        await conn.copy_to_table(
+                            table + COPY_ALONE_SUFFIX,
+                            source=pieces(data),
+                            columns=columns[table],
+                            format="binary",
+                        )
 
         cpu = CpuMeter({"here": os.getpid(), "postgres": bench.postgres.postmaster_pid})
         cpu.start()

@@ -12,19 +12,22 @@ only slower. tests/test_copy_encoder.py loads rows both ways and compares them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Final
 
 import asyncpg
 
-_encode: Callable[[list[tuple[Any, ...]], bytes], bytes] | None
+_encode_into: Callable[[bytearray, list[tuple[Any, ...]], bytes], int] | None
 try:
-    from projections._binary_copy import encode as _encode
+    from projections._binary_copy import encode_into as _encode_into
 except ImportError:  # built without a C compiler: asyncpg's encoder does the work
-    _encode = None
+    _encode_into = None
+
+#: Bytes per CopyData message (see `pieces`).
+PIECE: Final = 65536
 
 #: Whether this install has the C encoder.
-AVAILABLE: Final = _encode is not None
+AVAILABLE: Final = _encode_into is not None
 
 #: The encoder's kind of each column type (format_type's spelling) it takes; a timestamptz is
 #: an int, PostgreSQL's microseconds since 2000 (as the replay's writers send them).
@@ -43,10 +46,12 @@ KINDS: Final = {
 
 
 class Encoding:
-    """How `columns` of `table` are encoded: one kind letter per column."""
+    """How `columns` of `table` are encoded: one kind letter per column. It owns the buffer its
+    chunks are encoded into (see `encode`): one Encoding per writer of a table."""
 
     def __init__(self, kinds: bytes) -> None:
         self.kinds = kinds
+        self._buffer = bytearray()
 
     @classmethod
     async def of(
@@ -68,7 +73,20 @@ class Encoding:
             return None
         return cls("".join(k for k in kinds if k is not None).encode())
 
-    def encode(self, rows: list[tuple[Any, ...]]) -> bytes:
-        """`rows` as a whole binary COPY stream (header, tuples, trailer)."""
-        assert _encode is not None  # an Encoding exists only where the encoder does
-        return _encode(rows, self.kinds)
+    def encode(self, rows: list[tuple[Any, ...]]) -> memoryview:
+        """`rows` as a whole binary COPY stream (header, tuples, trailer): a view of this
+        Encoding's buffer, valid until its next `encode`, which needs it released (`with`).
+        The buffer is reused, never shrunk: new memory for every chunk cost page faults."""
+        assert _encode_into is not None  # an Encoding exists only where the encoder does
+        n = _encode_into(self._buffer, rows, self.kinds)  # before the view: it may grow
+        return memoryview(self._buffer)[:n]
+
+
+async def pieces(data: memoryview) -> AsyncIterator[memoryview]:
+    """`data` in slices of PIECE bytes, for copy_to_table's `source`. Given the whole buffer,
+    asyncpg copies it into one new CopyData message and asyncio's transport copies what the
+    socket does not take at once into a buffer of its own: fresh memory for every chunk of
+    rows, and as many page faults as the encoding costs. Slices of 64 kB are copied into
+    memory the allocator reuses, and the socket mostly takes each whole."""
+    for start in range(0, len(data), PIECE):
+        yield data[start : start + PIECE]

@@ -92,9 +92,8 @@ class Db:
     async def both_ways(self, rows: list[tuple[Any, ...]]) -> tuple[list[Any], list[Any]]:
         await self.conn.execute("TRUNCATE by_c, by_asyncpg")
         assert self.encoding is not None
-        await self.conn.copy_to_table(
-            "by_c", source=memoryview(self.encoding.encode(rows)), columns=COLUMNS, format="binary"
-        )
+        with self.encoding.encode(rows) as data:
+            await self.conn.copy_to_table("by_c", source=data, columns=COLUMNS, format="binary")
         await self.conn.copy_records_to_table(
             "by_asyncpg",
             records=[(*r[:7], micros(r[7]), *r[8:]) for r in rows],
@@ -222,7 +221,7 @@ async def test_the_replay_copies_every_read_model_through_the_encoder(
     encoded: dict[bytes, int] = {}
     encode = Encoding.encode
 
-    def counted(self: Encoding, rows: list[tuple[Any, ...]]) -> bytes:
+    def counted(self: Encoding, rows: list[tuple[Any, ...]]) -> memoryview:
         encoded[self.kinds] = encoded.get(self.kinds, 0) + len(rows)
         return encode(self, rows)
 
@@ -245,7 +244,7 @@ async def test_without_the_encoder_the_replay_copies_through_asyncpg_the_same_ro
     async def none(*args: Any) -> None:
         return None
 
-    def refuse(self: Encoding, rows: list[tuple[Any, ...]]) -> bytes:
+    def refuse(self: Encoding, rows: list[tuple[Any, ...]]) -> memoryview:
         raise AssertionError("the encoder was used")
 
     monkeypatch.setattr(Encoding, "of", none)
