@@ -705,21 +705,23 @@ _M_MMAP_THRESHOLD: Final = -3
 _HEAP_BUFFERS: Final = 4 << 20  # bytes
 
 
-def _buffers_from_the_heap() -> None:
+def _buffers_from_the_heap() -> bool:
     """Have glibc's malloc serve buffers up to _HEAP_BUFFERS from its heap and keep that much
     free memory there, for the rest of this process. Its defaults map every block over 128 kB
     afresh and unmap it when freed (raising that limit only after a larger block is freed), and
     give the heap's free top back to the system: every 256 kB that asyncio receives from a
     socket then came in new pages, a page fault each 4 kB, 50,000 of them in a replay's helper
-    (`perf -e page-faults`). Nothing on other C libraries."""
+    (`perf -e page-faults`). Nothing on other C libraries. Returns whether glibc took both."""
     if platform.libc_ver()[0] != "glibc":
-        return
+        return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
-        return
-    mallopt(_M_MMAP_THRESHOLD, _HEAP_BUFFERS)
-    mallopt(_M_TRIM_THRESHOLD, 2 * _HEAP_BUFFERS)
+        return False
+    return bool(
+        mallopt(_M_MMAP_THRESHOLD, _HEAP_BUFFERS) == 1
+        and mallopt(_M_TRIM_THRESHOLD, 2 * _HEAP_BUFFERS) == 1
+    )
 
 
 @contextlib.contextmanager

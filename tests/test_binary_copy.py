@@ -6,8 +6,12 @@ cannot."""
 from __future__ import annotations
 
 import asyncio
+import platform
+import shutil
+import sysconfig
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -19,7 +23,7 @@ from hypothesis import strategies as st
 
 from projections import binary_copy
 from projections import replay as rebuild
-from projections.binary_copy import Encoding
+from projections.binary_copy import PIECE, Encoding, pieces
 from projections.readmodels import pg_micros
 from projections.runner import ProjectionRunner
 from service.handler import Commands
@@ -114,9 +118,13 @@ def db(module_database_url: str) -> Iterator[Db]:
     d.loop.close()
 
 
-def test_this_install_has_the_encoder_for_every_read_model_column_type() -> None:
-    """`make` builds it (setup.py); without it a replay still works, through asyncpg, slower."""
-    assert binary_copy.AVAILABLE, "projections/_binary_copy.c was not built: pip install -e ."
+def test_the_encoder_is_built_wherever_it_can_be() -> None:
+    """`make` builds it (setup.py) where there is a C compiler and Python's headers; elsewhere
+    the install goes on without it and a replay copies through asyncpg, slower."""
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    headers = Path(sysconfig.get_paths()["include"], "Python.h")
+    buildable = shutil.which(compiler) is not None and headers.exists()
+    assert buildable == binary_copy.AVAILABLE, "projections/_binary_copy.c: pip install -e ."
 
 
 def test_the_kinds_are_read_from_the_table(db: Db) -> None:
@@ -197,6 +205,37 @@ def test_what_asyncpg_would_refuse_is_refused_with_its_row_and_column(
 ) -> None:
     with pytest.raises(error, match=names):
         Encoding(kinds).encode(rows)
+
+
+def test_one_buffer_serves_every_chunk_and_a_held_view_is_never_written_over() -> None:
+    encoding = Encoding(b"tl")
+    small = [("a", 1)]
+    large = [("x" * 1000, n) for n in range(100)]
+    with encoding.encode(large) as first:
+        expected = bytes(first)
+    with encoding.encode(small) as view:
+        again = bytes(view)
+        # Still viewed: an encoding that needs the buffer to grow is refused, not written over.
+        with pytest.raises(BufferError):
+            encoding.encode([("x" * 1_000_000, 0)])
+        assert bytes(view) == again
+    assert len(again) < len(expected) and again.startswith(b"PGCOPY\n\xff\r\n\x00")
+    with encoding.encode(large) as view:  # the buffer kept its size: the same bytes again
+        assert bytes(view) == expected
+    assert len(encoding.encode([("x" * 1_000_000, 0)])) > 1_000_000
+
+
+async def test_pieces_cover_the_data_in_order_without_copying_it() -> None:
+    data = memoryview(bytes(range(256)) * 1000)
+    got = [piece async for piece in pieces(data)]
+    assert [len(p) for p in got] == [PIECE] * 3 + [256_000 - 3 * PIECE]
+    assert b"".join(got) == data
+    assert all(p.obj is data.obj for p in got)
+
+
+def test_the_fold_processes_have_glibc_keep_their_buffers_in_its_heap() -> None:
+    """Else every 256 kB a socket gives asyncio comes in fresh pages (see the function)."""
+    assert rebuild._buffers_from_the_heap() is (platform.libc_ver()[0] == "glibc")
 
 
 def test_a_nul_in_text_is_refused_by_postgresql_as_by_asyncpgs_path(db: Db) -> None:
