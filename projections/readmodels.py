@@ -226,7 +226,7 @@ class ServicesProjection(LatestProjection):
     stream_key_columns = key
 
 
-class BookingDetails(msgspec.Struct, kw_only=True):
+class BookingDetails(msgspec.Struct, kw_only=True, gc=False):
     """rm_bookings.state: what a booking holds beyond its columns. Rows written by earlier
     versions hold the whole booking there; decoded as this (unknown keys are ignored) they give
     the same details, and the API builds the rest of the booking from the columns either way."""

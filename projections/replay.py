@@ -194,7 +194,7 @@ async def _times_as_micros_inside(conn: asyncpg.Connection) -> AsyncIterator[Non
     await conn.reset_type_codec("timestamptz", schema="pg_catalog")
 
 
-class Logged(msgspec.Struct, frozen=True):
+class Logged(msgspec.Struct, frozen=True, gc=False):
     """One event as a fold reads it (projections.readmodels.Recorded), made from one row of
     the streams query: no metadata. Its recorded_at is PostgreSQL's microseconds since 2000, not
     a datetime: a fold carries an event's time into its rows as it is, never computes with it,

@@ -82,8 +82,9 @@ Appends = dict[str, list[Event]]
 # ── state ───────────────────────────────────────────────────────────────────
 
 
-class Booking(msgspec.Struct, kw_only=True):
-    """One booking, folded from its stream."""
+class Booking(msgspec.Struct, kw_only=True, gc=False):
+    """One booking, folded from its stream. Untracked by the cycle collector, as events are
+    (service/events.py Event): nothing in it refers back to it."""
 
     id: str
     kind: Literal["slot", "seat"]

@@ -18,8 +18,13 @@ from typing import Any, Literal
 import msgspec
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
-    """A fact. Never rename a class or change a field's type; add fields with defaults."""
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", gc=False):
+    """A fact. Never rename a class or change a field's type; add fields with defaults.
+
+    `gc=False` (here, on Customer and BookingPolicy, which events hold, and on the states folded
+    from them): data decoded from JSON never refers back to itself, so the cycle collector has
+    nothing to find in it, and untracked objects are smaller and cheaper to make and free. A
+    replay makes millions of them (3.5 % of its fold's instructions, callgrind)."""
 
 
 class EventMeta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -35,7 +40,12 @@ class EventMeta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 
 class Customer(
-    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    omit_defaults=True,
+    forbid_unknown_fields=True,
+    gc=False,
 ):
     name: str | None = None
     email: str | None = None
@@ -44,7 +54,7 @@ class Customer(
     metadata: dict[str, Any] | None = None
 
 
-class BookingPolicy(msgspec.Struct, frozen=True, kw_only=True):
+class BookingPolicy(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The terms a booking was made under, copied from its service or session when it was held."""
 
     hold_seconds: int = 600

@@ -9,6 +9,7 @@ import gc
 import re
 import uuid
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import asyncpg
@@ -24,6 +25,8 @@ from projections.stats import StatsProjection
 from service import store
 from service.api.bookings import BOOKING_COLUMNS
 from service.db import migrate
+from service.decider import evolve_booking
+from service.events import DECODER, BookingPolicy, Customer, SlotHeld
 from service.handler import Commands
 from service.tenants import create_tenant
 from tests.cli import slotlog
@@ -464,6 +467,29 @@ async def test_a_replay_cancelled_during_its_fold_leaves_nothing_behind(
     )
     monkeypatch.undo()
     assert (await replay(database_url)).swapped  # and the replay's lock was given back
+
+
+def test_what_a_fold_makes_is_not_tracked_by_the_cycle_collector() -> None:
+    """Events, their parts, the states folded from them and the fold's envelopes hold no
+    cycles, so they are made untracked (gc=False): smaller, and cheaper to make and free."""
+    held = SlotHeld(
+        booking_id="bk_1",
+        service_id="svc",
+        resources=["r"],
+        start=datetime(2030, 1, 1, 9, tzinfo=UTC),
+        end=datetime(2030, 1, 1, 10, tzinfo=UTC),
+        expires_at=datetime(2030, 1, 1, 8, tzinfo=UTC),
+        policy=BookingPolicy(),
+        customer=Customer(name="C", metadata={"k": ["v"]}),
+    )
+    decoded = DECODER.decode(msgspec.json.encode(held))
+    assert isinstance(decoded, SlotHeld) and decoded.customer is not None
+    booking = evolve_booking(None, decoded, version=1, position=1, recorded_at=held.start)
+    assert booking is not None
+    logged = rebuild.Logged(decoded, 1, 1, 0)
+    for untracked in (decoded, decoded.policy, decoded.customer, booking, logged):
+        assert not gc.is_tracked(untracked), type(untracked)
+    assert gc.is_tracked(decoded.customer.metadata)  # a dict still is
 
 
 async def test_the_fold_runs_with_the_cycle_collector_paused_and_restores_it(
