@@ -12,11 +12,13 @@
  *        2000-01-01 UTC (what projections.readmodels.pg_micros makes of the datetime)
  *   'd'  date, from datetime.date  'b'  bool, from bool
  *
- * None is NULL in every column. A value of another type, an int out of its column's range or a
- * str that is not valid Unicode raises (TypeError, OverflowError, UnicodeEncodeError) and
- * nothing is returned: it is what asyncpg's copy_records_to_table does with the same rows, at a
- * tenth of its cost (asyncpg encodes each value through a generic codec, a text[] through its
- * generic array encoder). PostgreSQL checks the rest (UTF-8, NUL bytes) as for any COPY.
+ * None is NULL in every column. A value of another type (a bool in an integer column too, which
+ * asyncpg would take as 0 or 1), an int out of its column's range or a str that is not valid
+ * Unicode raises (TypeError, OverflowError, UnicodeEncodeError), naming its row and column, and
+ * the stream is not used. Otherwise it writes the bytes asyncpg's copy_records_to_table sends
+ * for the same rows, at a tenth of its cost (asyncpg encodes each value through a generic codec,
+ * a text[] through its generic array encoder). PostgreSQL checks the rest (UTF-8, NUL bytes) as
+ * for any COPY.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

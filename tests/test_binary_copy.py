@@ -1,7 +1,7 @@
 """The replay's C encoder of binary COPY (projections/_binary_copy.c): the rows it loads are the
-rows asyncpg's copy_records_to_table loads, for every column type it takes; what asyncpg would
-refuse it refuses with the row and column named; and the replay uses it, or asyncpg where it
-cannot."""
+rows asyncpg's copy_records_to_table loads, for every column type it takes; a value of the wrong
+type or range is refused with its row and column named; and the replay uses it, or asyncpg where
+it cannot."""
 
 from __future__ import annotations
 
@@ -200,7 +200,7 @@ def test_edges_load_as_asyncpg_loads_them(db: Db) -> None:
         (b"z", [("x",)], ValueError, "unknown column kind z"),
     ],
 )
-def test_what_asyncpg_would_refuse_is_refused_with_its_row_and_column(
+def test_a_value_of_the_wrong_type_or_range_is_refused_with_its_row_and_column(
     kinds: bytes, rows: list[Any], error: type[Exception], names: str
 ) -> None:
     with pytest.raises(error, match=names):
