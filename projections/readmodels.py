@@ -51,8 +51,9 @@ def json_text(value: Any) -> str:
 
 
 #: How a row carries a time that an event holds: as it is (`as_is`, a datetime) for the inline
-#: writes, or as the rebuild's COPY sends it (`pg_micros`). Recorded times are never passed
-#: through it: replay's envelopes already hold them in PostgreSQL's form (Recorded.recorded_at).
+#: writes and for replay's C encoder of COPY, or as asyncpg's int8 codec sends it where replay
+#: falls back to asyncpg's encoder (`pg_micros`). Recorded times are never passed through it:
+#: replay's envelopes already hold them in PostgreSQL's form (Recorded.recorded_at).
 Time = Callable[[datetime | None], Any]
 
 
@@ -447,8 +448,8 @@ class BusyProjection(Projection[DayLedger]):
     def rows(self, stream_id: str, state: DayLedger, time: Time = as_is) -> list[Row]:
         # The tenant once, each day parsed once (a day stream's claims share theirs), and a
         # blocked time without a buffer converted once: a replay makes a row of every claim of
-        # the log, and `time` (pg_micros there) was most of a row's cost. Sorted by claim id
-        # (the dict's keys) without a key function.
+        # the log, and `time` (pg_micros without the C encoder) was most of a row's cost.
+        # Sorted by claim id (the dict's keys) without a key function.
         tenant = tenant_of(stream_id)
         days: dict[str, date] = {}
         out: list[Row] = []

@@ -1226,9 +1226,11 @@ async def _writer(url: str) -> asyncpg.Connection:
     do not wait for their WAL to reach disk: nothing of a rebuild counts until the swap, whose
     own commit does wait, and so makes every earlier write of the rebuild durable with it. Its
     timestamptz values go as PostgreSQL's own microseconds since 2000: recorded times as the
-    reader gives them (Logged), event times as a fold's rows give them (`pg_micros`). asyncpg's
-    encoder of a datetime (infinity checks, astimezone, a timedelta's fields) cost twice that
-    arithmetic, and a bulk load sends four or more of them a row."""
+    reader gives them (Logged), event times as the C encoder computes them from a row's
+    datetimes (projections/binary_copy.py) or, where asyncpg encodes the rows, as a fold's rows
+    give them (`pg_micros`). asyncpg's encoder of a datetime (infinity checks, astimezone, a
+    timedelta's fields) cost twice that arithmetic, and a bulk load sends four or more of them
+    a row."""
     conn = await _connect(url, synchronous_commit="off")
     await _times_as_micros(conn)
     return conn
