@@ -42,7 +42,7 @@ from bench.report import Row, Section
 from bench.seed import Plan, seed
 from bench.stats import ratio
 from projections import replay as rebuild
-from projections.binary_copy import Encoding, pieces
+from projections.binary_copy import Encoding, copy_rows
 from service.events import DECODER
 
 BAR = 0.50
@@ -99,21 +99,14 @@ async def copy_alone(bench: Bench) -> tuple[int, float, CpuMeter]:
         }
 
         async def load(conn: asyncpg.Connection, table: str) -> None:
-            encoding = encodings[table]
             for i in range(0, len(rows[table]), rebuild.COPY_CHUNK):
-                chunk = rows[table][i : i + rebuild.COPY_CHUNK]
-                if encoding is None:
-                    await conn.copy_records_to_table(
-                        table + COPY_ALONE_SUFFIX, records=chunk, columns=columns[table]
-                    )
-                else:
-                    with encoding.encode(chunk) as data:
-                        await conn.copy_to_table(
-                            table + COPY_ALONE_SUFFIX,
-                            source=pieces(data),
-                            columns=columns[table],
-                            format="binary",
-                        )
+                await copy_rows(
+                    conn,
+                    table + COPY_ALONE_SUFFIX,
+                    rows[table][i : i + rebuild.COPY_CHUNK],
+                    columns[table],
+                    encodings[table],
+                )
 
         cpu = CpuMeter({"here": os.getpid(), "postgres": bench.postgres.postmaster_pid})
         cpu.start()

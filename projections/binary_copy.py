@@ -7,7 +7,8 @@ read models use, and the replay sends them with copy_to_table.
 
 Where the extension was not built (an install without a C compiler) or a table has a column of
 another type, `Encoding.of` gives None and the replay uses copy_records_to_table: the same rows,
-only slower. tests/test_copy_encoder.py loads rows both ways and compares them.
+only slower (`copy_rows` does either). tests/test_binary_copy.py loads rows both ways and
+compares them.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ PIECE: Final = 65536
 AVAILABLE: Final = _encode_into is not None
 
 #: The encoder's kind of each column type (format_type's spelling) it takes; a timestamptz is
-#: an int, PostgreSQL's microseconds since 2000 (as the replay's writers send them).
+#: an aware datetime or an int, PostgreSQL's microseconds since 2000 (as the reader gives the
+#: recorded times).
 KINDS: Final = {
     "text": "t",
     "json": "t",  # json's binary form is its text
@@ -90,3 +92,19 @@ async def pieces(data: memoryview) -> AsyncIterator[memoryview]:
     memory the allocator reuses, and the socket mostly takes each whole."""
     for start in range(0, len(data), PIECE):
         yield data[start : start + PIECE]
+
+
+async def copy_rows(
+    conn: asyncpg.Connection,
+    table: str,
+    rows: list[tuple[Any, ...]],
+    columns: Sequence[str],
+    encoding: Encoding | None,
+) -> None:
+    """COPY `rows` into `table`: encoded by `encoding` and sent in `pieces`, or, without one, by
+    asyncpg's copy_records_to_table (its timestamptz values as `conn`'s codec takes them)."""
+    if encoding is None:
+        await conn.copy_records_to_table(table, records=rows, columns=columns)
+        return
+    with encoding.encode(rows) as data:  # a view of the encoding's buffer
+        await conn.copy_to_table(table, source=pieces(data), columns=columns, format="binary")

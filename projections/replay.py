@@ -60,7 +60,7 @@ from typing import Any, Final, cast
 import asyncpg
 import msgspec
 
-from projections.binary_copy import Encoding, pieces
+from projections.binary_copy import Encoding, copy_rows
 from projections.engine import write_streams
 from projections.readmodels import PROJECTIONS, Projection, Recorded, Row, as_is, pg_micros
 from projections.runner import (
@@ -782,19 +782,7 @@ async def _fold_range(
             try:
                 t, rows = item
                 assert t.inline is not None
-                encoding = encodings[t.name]
-                if encoding is None:
-                    await write.copy_records_to_table(
-                        t.rebuild, records=rows, columns=t.inline.columns
-                    )
-                else:
-                    with encoding.encode(rows) as data:  # a view of the encoding's buffer
-                        await write.copy_to_table(
-                            t.rebuild,
-                            source=pieces(data),
-                            columns=t.inline.columns,
-                            format="binary",
-                        )
+                await copy_rows(write, t.rebuild, rows, t.inline.columns, encodings[t.name])
             except Exception as e:
                 failed.append(e)
 
